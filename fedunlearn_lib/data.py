@@ -1,0 +1,223 @@
+"""Data sets as uint8 tensors, decoded once; batch-wise normalization and augmentation.
+
+Supported names: ``cifar10``, ``cifar100`` (official pickles, downloaded through torchvision
+when absent), ``imagefolder`` (``root/train/<class>/*`` and ``root/test/<class>/*``) and
+``digits`` (scikit-learn's bundled 8x8 digits upsampled to 32x32 RGB; needs no download).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import atomic_torch_save
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", names="label_names",
+                    labels="labels", archive="cifar-10-python.tar.gz",
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
+                     names="fine_label_names", labels="fine_labels",
+                     archive="cifar-100-python.tar.gz",
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A classification data set held as NCHW uint8 tensors plus int64 labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device | str) -> "ImageData":
+        """Move all tensors to ``device`` (images stay uint8)."""
+        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                       test_x=self.test_x.to(device), test_y=self.test_y.to(device))
+
+    def subset(self, train_per_class: int | None = None, test_per_class: int | None = None,
+               seed: int = 0) -> "ImageData":
+        """A class-balanced random subset (``None`` keeps a split whole)."""
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(y: torch.Tensor, k: int | None) -> torch.Tensor:
+            if k is None:
+                return torch.arange(len(y))
+            idx = [torch.nonzero(y.cpu() == c).flatten() for c in range(self.num_classes)]
+            idx = [i[torch.randperm(len(i), generator=g)[:k]] for i in idx]
+            return torch.cat(idx).sort().values
+
+        tr, te = pick(self.train_y, train_per_class), pick(self.test_y, test_per_class)
+        return replace(self, train_x=self.train_x[tr], train_y=self.train_y[tr],
+                       test_x=self.test_x[te], test_y=self.test_y[te])
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = True,
+                 cache_dir: str | os.PathLike | None = None) -> ImageData:
+    """Load a data set by name as uint8 tensors (see module docstring for the names)."""
+    key = name.lower()
+    if key == "digits":
+        return _load_digits()
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if root is None:
+        raise ValueError(f"data set {name!r} needs a data root (--data-root)")
+    root = Path(root)
+    if key == "imagefolder":
+        return _load_imagefolder(root, cache_dir)
+    return _load_cifar(key, root, download)
+
+
+def _load_digits() -> ImageData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().unsqueeze(1) / 16.0  # N,1,8,8 in [0,1]
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(d.target).long()
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=0,
+                              stratify=d.target)
+    tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+    xf = x[tr].float() / 255
+    mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(xf.std(dim=(0, 2, 3)).tolist())
+    return ImageData(x[tr], y[tr], x[te], y[te], tuple(str(i) for i in range(10)), mean, std)
+
+
+def _read_cifar_pickles(key: str, root: Path) -> ImageData:
+    spec = _CIFAR[key]
+    base = root / spec["folder"]
+
+    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for f in files:
+            with open(base / f, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry[spec["labels"]], dtype=np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    with open(base / spec["meta"], "rb") as fh:
+        classes = tuple(pickle.load(fh, encoding="latin1")[spec["names"]])
+    trx, try_ = read(spec["train"])
+    tex, tey = read(spec["test"])
+    return ImageData(trx, try_, tex, tey, classes, spec["mean"], spec["std"])
+
+
+def _load_cifar(key: str, root: Path, download: bool) -> ImageData:
+    spec = _CIFAR[key]
+    if not (root / spec["folder"]).is_dir():
+        if not download:
+            raise FileNotFoundError(
+                f"{key}: no {spec['folder']}/ under {root}; put {spec['archive']} (or the "
+                f"extracted {spec['folder']}/ folder) there, or pass another data root")
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as err:  # network errors come in many types
+            raise RuntimeError(
+                f"{key}: download into {root} failed ({err}). Without network, put "
+                f"{spec['archive']} or the extracted {spec['folder']}/ folder in {root}, "
+                f"or pass the data root that holds it") from err
+    return _read_cifar_pickles(key, root)
+
+
+def _load_imagefolder(root: Path, cache_dir: str | os.PathLike | None) -> ImageData:
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise FileNotFoundError(
+            f"imagefolder: {root} must contain train/<class>/* and test/<class>/* folders")
+    classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
+    cache = Path(cache_dir or os.environ.get("FEDUNLEARN_CACHE",
+                                             Path.home() / ".cache" / "fedunlearn"))
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    cache_file = cache / f"imagefolder-{digest}.pt"
+    if cache_file.exists():
+        blob = torch.load(cache_file)
+        if tuple(blob["classes"]) == classes:
+            return ImageData(**blob)
+    trx, try_ = _decode_split(root / "train", classes)
+    tex, tey = _decode_split(root / "test", classes)
+    xf = trx[:: max(1, len(trx) // 10000)].float() / 255
+    mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(xf.std(dim=(0, 2, 3)).tolist())
+    data = ImageData(trx, try_, tex, tey, classes, mean, std)
+    atomic_torch_save(data.__dict__, cache_file)
+    return data
+
+
+def _decode_split(folder: Path, classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    files = [(f, c) for c, name in enumerate(classes)
+             for f in sorted((folder / name).iterdir()) if f.is_file()]
+    if not files:
+        raise FileNotFoundError(f"imagefolder: no images under {folder}")
+    x = np.empty((len(files), 32, 32, 3), dtype=np.uint8)
+    for i, (f, _) in enumerate(tqdm(files, desc=f"decoding {folder.name}", leave=False)):
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            if im.size != (32, 32):
+                im = im.resize((32, 32))
+            x[i] = np.asarray(im)
+    y = torch.tensor([c for _, c in files], dtype=torch.long)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y
+
+
+class BatchTransform:
+    """Normalize (and optionally augment) whole uint8 batches on their device.
+
+    Augmentation is a random crop with 4-pixel zero padding and a horizontal flip.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device | str = "cpu", channels_last: bool = False) -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 augment: bool = False) -> torch.Tensor:
+        if augment:
+            x = random_crop_flip(x, generator)
+        out = (x.float() - self.mean) * self.inv_std
+        return out.contiguous(memory_format=self.memory_format)
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
+                     padding: int = 4) -> torch.Tensor:
+    """Random crop after zero padding plus random horizontal flip, for a whole NCHW batch."""
+    n, _, h, w = x.shape
+    dev = x.device
+    gen_dev = generator.device if generator is not None else torch.device("cpu")
+    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=gen_dev).to(dev)
+    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=gen_dev).to(dev)
+    flip = torch.rand(n, generator=generator, device=gen_dev).to(dev) < 0.5
+    xp = F.pad(x, (padding,) * 4)
+    rows = oy[:, None] + torch.arange(h, device=dev)  # n,h
+    cols = ox[:, None] + torch.arange(w, device=dev)  # n,w
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n, device=dev)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n,h,w,c
+    return out.permute(0, 3, 1, 2)

@@ -1,0 +1,220 @@
+"""The paper's protocol end to end: pretrain -> unlearn (score, prune) -> fine-tune, and retrain."""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .data import DATASETS, ImageData, load_dataset
+from .federated import FedConfig, Federation, rounds_for
+from .io import atomic_torch_save, atomic_write_json
+from .masking import ChannelMask
+from .models import MODELS, build_model
+from .pruning import conv_flops, count_conv_channels, remove_channels
+from .unlearn import UnlearnConfig, prune_for_classes
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one experiment depends on; mirrors the YAML config and the CLI flags."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    model: str = "resnet20"
+    forget: list[int] = field(default_factory=lambda: [9])
+    rounds: int = 20  # pretraining budget; retraining gets the same
+    finetune_rounds: int | None = None  # None = rounds
+    target_r_acc: float | None = None  # None = what retraining reaches
+    train_per_class: int | None = None  # class-balanced subset; None = all
+    test_per_class: int | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    channels_last: bool = False
+    federation: FedConfig = field(default_factory=FedConfig)
+    unlearning: UnlearnConfig = field(default_factory=UnlearnConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ExperimentConfig":
+        raw = dict(raw)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(known))}")
+        sub = {"federation": FedConfig, "unlearning": UnlearnConfig}
+        for key, typ in sub.items():
+            value = raw.get(key) or {}
+            if not isinstance(value, typ):
+                bad = sorted(set(value) - {f.name for f in fields(typ)})
+                if bad:
+                    raise ValueError(f"unknown {key} key(s) {', '.join(bad)}")
+                value = typ(**value)
+            raw[key] = value
+        if isinstance(raw.get("forget"), (int, str)):
+            raw["forget"] = parse_classes(raw["forget"])
+        return cls(**raw)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "ExperimentConfig":
+        with open(path) as fh:
+            return cls.from_dict(yaml.safe_load(fh) or {})
+
+    def validate(self, num_classes: int | None = None) -> None:
+        """Raise ``ValueError`` naming the bad value; ``num_classes`` checks ``forget``."""
+        if self.dataset.lower() not in DATASETS:
+            raise ValueError(f"unknown data set {self.dataset!r}; choose one of "
+                             f"{', '.join(DATASETS)}")
+        if self.model.lower() not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if not self.forget:
+            raise ValueError("forget must name at least one class")
+        if len(set(self.forget)) != len(self.forget):
+            raise ValueError(f"forget lists a class twice: {self.forget}")
+        if num_classes is not None:
+            bad = [c for c in self.forget if not 0 <= c < num_classes]
+            if bad:
+                raise ValueError(f"forget class(es) {bad} outside the label range "
+                                 f"[0, {num_classes - 1}]")
+            if len(self.forget) >= num_classes:
+                raise ValueError("forget must leave at least one class")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.target_r_acc is not None and not 0.0 < self.target_r_acc <= 1.0:
+            raise ValueError(f"target_r_acc must lie in (0, 1], got {self.target_r_acc}")
+        if self.dataset != "digits" and (self.data_root is None
+                                         or not Path(self.data_root).is_dir()):
+            raise FileNotFoundError(f"data root {self.data_root!r} for {self.dataset} is not "
+                                    f"an existing folder (pass --data-root)")
+        self.federation.validate()
+        self.unlearning.validate()
+
+
+def parse_classes(value: int | str | list[int]) -> list[int]:
+    """Parse ``9`` or ``"0,5,9"`` into a list of class indices."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [int(v) for v in value]
+    try:
+        return [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"forget must be class indices like 9 or 0,5,9, got {value!r}") from None
+
+
+def prepare_data(cfg: ExperimentConfig) -> ImageData:
+    """Load the configured data set (and subset), validating ``forget`` against its labels."""
+    cfg.validate()
+    data = load_dataset(cfg.dataset, cfg.data_root)
+    cfg.validate(data.num_classes)
+    if cfg.train_per_class or cfg.test_per_class:
+        data = data.subset(cfg.train_per_class, cfg.test_per_class, seed=cfg.federation.seed)
+    return data
+
+
+def new_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
+    """A freshly initialized model, seeded so pretraining and retraining start alike."""
+    torch.manual_seed(cfg.federation.seed)
+    return build_model(cfg.model, num_classes)
+
+
+def pretrain(cfg: ExperimentConfig, data: ImageData, out: Path,
+             progress: bool = True) -> Federation:
+    """Federated training on all classes for ``cfg.rounds`` rounds (resumable)."""
+    fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
+                     device=cfg.device, checkpoint=out / "pretrain.pt",
+                     channels_last=cfg.channels_last, progress=progress, desc="pretrain")
+    fed.train_until(None, cfg.rounds)
+    return fed
+
+
+def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
+            progress: bool = True) -> Federation:
+    """The baseline: from scratch, remaining classes only, same round budget."""
+    fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
+                     exclude=cfg.forget, device=cfg.device, checkpoint=out / "retrain.pt",
+                     channels_last=cfg.channels_last, progress=progress, desc="retrain")
+    fed.train_until(None, cfg.rounds)
+    return fed
+
+
+def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
+    """Score and prune a copy of the pretrained model; cached in ``out/pruned.pt``."""
+    path = out / "pruned.pt"
+    if path.exists():
+        return torch.load(path, map_location=cfg.device, weights_only=False)
+    model = pretrained.model
+    original = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    mask, per_class = prune_for_classes(pretrained, cfg.forget, cfg.unlearning)
+    t_score = time.perf_counter() - t0
+    after_mask = pretrained.evaluate()
+    pretrained.model = original  # leave the pretrained federation as it was
+    pruned_model = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    removed, keep = 0, mask
+    if cfg.unlearning.apply == "remove":
+        example = torch.zeros(1, 3, 32, 32, device=cfg.device)
+        pruned_model, keep, removed = remove_channels(pruned_model, mask, example)
+    blob = {"model": pruned_model, "mask": keep.state(), "selected": mask.state(),
+            "per_class": per_class, "metrics": after_mask,
+            "channels": {"total": count_conv_channels(original), "selected": len(mask),
+                         "removed": removed, "masked": len(keep)},
+            "macs": {"raw": conv_flops(original), "pruned": conv_flops(pruned_model)},
+            "seconds": {"scoring": t_score, "pruning": time.perf_counter() - t0}}
+    atomic_torch_save(blob, path)
+    return blob
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
+                   progress: bool = True) -> dict:
+    """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
+
+    Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
+    """
+    data = prepare_data(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(asdict(cfg), out / "config.json")
+
+    pre = pretrain(cfg, data, out, progress)
+    raw = pre.evaluate()
+    re = retrain(cfg, data, out, progress)
+    retrained = re.evaluate()
+    target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained["r_acc"]
+
+    pruned = prune(cfg, pre, out)
+    model = pruned["model"]
+    ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
+                    mask=ChannelMask(pruned["mask"]), device=cfg.device,
+                    checkpoint=out / "finetune.pt", channels_last=cfg.channels_last,
+                    progress=progress, desc="fine-tune")
+    result = ft.train_until(target, cfg.finetune_rounds or cfg.rounds)
+    finetuned = ft.evaluate()
+
+    rounds_retrain = rounds_for(re.history, target)
+    rounds_finetune = result.rounds_to_target
+    speedup = (rounds_retrain / rounds_finetune
+               if rounds_retrain is not None and rounds_finetune else None)
+    metrics = {
+        "raw": raw, "pruned": pruned["metrics"], "finetuned": finetuned, "retrained": retrained,
+        "target_r_acc": target, "rounds_pretrain": pre.round,
+        "rounds_finetune": rounds_finetune, "rounds_finetune_run": result.rounds_run,
+        "rounds_retrain": rounds_retrain, "speedup": speedup,
+        "channels": pruned["channels"], "macs": pruned["macs"],
+        "seconds": {"pretrain": pre.elapsed, "scoring": pruned["seconds"]["scoring"],
+                    "pruning": pruned["seconds"]["pruning"], "finetune": ft.elapsed,
+                    "retrain": re.elapsed},
+        "per_class": pruned["per_class"],
+        "history": {"pretrain": pre.history, "finetune": ft.history, "retrain": re.history},
+        "config": asdict(cfg),
+    }
+    atomic_write_json(metrics, out / "metrics.json")
+    return metrics

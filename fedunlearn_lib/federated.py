@@ -1,0 +1,308 @@
+"""Federated simulation: FedAvg and FedSGD over Fang-partitioned clients, with checkpoints."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import BatchTransform, ImageData
+from .io import atomic_torch_save
+from .masking import ChannelMask
+from .partition import fang_partition
+
+ALGORITHMS = ("fedavg", "fedsgd")
+
+
+@dataclass
+class FedConfig:
+    """Federation and optimization hyper-parameters."""
+
+    algorithm: str = "fedavg"
+    num_clients: int = 10
+    clients_per_round: int = 5
+    q: float = 0.1
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    seed: int = 0
+    eval_every: int = 1
+    checkpoint_every: int = 10
+
+    def validate(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of "
+                             f"{', '.join(ALGORITHMS)}")
+        if not 0.0 <= self.q <= 1.0:
+            raise ValueError(f"bias probability q must lie in [0, 1], got {self.q!r}")
+        if not 1 <= self.clients_per_round <= self.num_clients:
+            raise ValueError(f"clients_per_round={self.clients_per_round} must lie in "
+                             f"[1, num_clients={self.num_clients}]")
+        for name in ("local_epochs", "batch_size", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+
+@dataclass
+class ClientData:
+    """One client's private samples (uint8 images on the compute device) and labels."""
+
+    client_id: int
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``Federation.train_until``."""
+
+    rounds_to_target: int | None
+    rounds_run: int
+    history: list[dict] = field(default_factory=list)
+
+
+class Federation:
+    """A simulated federation training one global model.
+
+    ``exclude`` removes classes from every client's data (fine-tuning and retraining);
+    ``forget`` splits the test set into the U-set (those classes) and the R-set (the rest).
+    ``mask`` keeps pruned channels at zero after every local step and every aggregation.
+    ``partition`` (one index tensor per client) replaces the Fang split when given.
+    """
+
+    def __init__(self, model: nn.Module, data: ImageData, cfg: FedConfig, *,
+                 forget: Sequence[int] = (), exclude: Sequence[int] = (),
+                 mask: ChannelMask | None = None, device: torch.device | str = "cpu",
+                 partition: list[torch.Tensor] | None = None,
+                 checkpoint: str | os.PathLike | None = None,
+                 channels_last: bool = False, progress: bool = True, desc: str = "rounds") -> None:
+        cfg.validate()
+        self.cfg, self.device, self.progress, self.desc = cfg, torch.device(device), progress, desc
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mask = mask or ChannelMask()
+        self.mask.apply(self.model)
+        self.data = data.to(self.device)
+        self.transform = BatchTransform(data.mean, data.std, self.device, channels_last)
+        parts = partition if partition is not None else fang_partition(
+            data.train_y, cfg.num_clients, cfg.q, data.num_classes, cfg.seed)
+        if len(parts) != cfg.num_clients:
+            raise ValueError(f"partition has {len(parts)} clients, config says "
+                             f"num_clients={cfg.num_clients}")
+        keep = torch.ones(data.num_classes, dtype=torch.bool)
+        keep[list(exclude)] = False
+        keep = keep.to(self.device)
+        self.clients: list[ClientData] = []
+        for cid, idx in enumerate(parts):
+            idx = idx.to(self.device)
+            idx = idx[keep[self.data.train_y[idx]]]
+            self.clients.append(ClientData(cid, self.data.train_x[idx], self.data.train_y[idx]))
+        u = torch.zeros(data.num_classes, dtype=torch.bool)
+        u[list(forget)] = True
+        self._u_test = u.to(self.device)[self.data.test_y]
+        self.round = 0
+        self.elapsed = 0.0  # wall-clock seconds spent in train_until, across resumes
+        self.history: list[dict] = []
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.server_opt = None
+        if cfg.algorithm == "fedsgd":
+            self.server_opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr,
+                                              momentum=cfg.momentum,
+                                              weight_decay=cfg.weight_decay)
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self._resume()
+
+    # ---------------------------------------------------------------- rounds
+    def sample_clients(self, rnd: int) -> list[int]:
+        """The clients taking part in round ``rnd`` (deterministic in seed and round)."""
+        rng = np.random.default_rng([self.cfg.seed, rnd])
+        return sorted(rng.choice(self.cfg.num_clients, self.cfg.clients_per_round,
+                                 replace=False).tolist())
+
+    def run_round(self) -> float:
+        """Run the next round; return the mean training loss over sampled samples."""
+        rnd = self.round + 1
+        chosen = [self.clients[c] for c in self.sample_clients(rnd)]
+        chosen = [c for c in chosen if len(c) >= 2]
+        if not chosen:
+            loss = float("nan")
+        elif self.cfg.algorithm == "fedavg":
+            loss = self._fedavg_round(chosen, rnd)
+        else:
+            loss = self._fedsgd_round(chosen, rnd)
+        self.mask.apply(self.model)
+        self.round = rnd
+        return loss
+
+    def _batches(self, n: int, g: torch.Generator, shuffle: bool = True):
+        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for s in range(0, n, self.cfg.batch_size):
+            idx = order[s:s + self.cfg.batch_size]
+            if len(idx) >= 2:  # BatchNorm needs two samples in training mode
+                yield idx
+
+    def _fedavg_round(self, chosen: list[ClientData], rnd: int) -> float:
+        cfg, model = self.cfg, self.model
+        live = list(model.state_dict().values())
+        floats = [t for t in live if t.is_floating_point()]
+        start = [t.clone() for t in floats]
+        acc = [torch.zeros_like(t) for t in floats]
+        total, loss_sum, seen = 0, 0.0, 0
+        model.train()
+        for client in chosen:
+            torch._foreach_copy_(floats, start)
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+            g = client_generator(self.cfg.seed, rnd, client.client_id)
+            for _ in range(cfg.local_epochs):
+                for idx in self._batches(len(client), g):
+                    x = self.transform(client.x[idx], g, cfg.augment)
+                    loss = F.cross_entropy(model(x), client.y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if len(self.mask):
+                        self.mask.apply(model)
+                    loss_sum += loss.item() * len(idx)
+                    seen += len(idx)
+            torch._foreach_add_(acc, floats, alpha=float(len(client)))
+            total += len(client)
+        torch._foreach_mul_(acc, 1.0 / total)
+        torch._foreach_copy_(floats, acc)
+        return loss_sum / max(seen, 1)
+
+    def _fedsgd_round(self, chosen: list[ClientData], rnd: int) -> float:
+        cfg, model = self.cfg, self.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        acc = [torch.zeros_like(p) for p in params]
+        total, loss_sum = 0, 0.0
+        model.train()
+        for client in chosen:
+            g = client_generator(self.cfg.seed, rnd, client.client_id)
+            model.zero_grad(set_to_none=False)
+            for idx in self._batches(len(client), g, shuffle=False):
+                x = self.transform(client.x[idx], g, cfg.augment)
+                loss = F.cross_entropy(model(x), client.y[idx], reduction="sum")
+                loss.backward()
+                loss_sum += loss.item()
+            # client gradient = mean over its samples; server weights clients by size
+            torch._foreach_add_(acc, [p.grad for p in params])
+            total += len(client)
+        for p, a in zip(params, acc):
+            p.grad = a / total
+        self.server_opt.step()
+        return loss_sum / total
+
+    # ------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def evaluate(self, batch_size: int = 1000) -> dict[str, float | None]:
+        """Test accuracy on the U-set (forgotten classes) and the R-set (the rest)."""
+        self.model.eval()
+        correct = []
+        for s in range(0, len(self.data.test_y), batch_size):
+            x = self.transform(self.data.test_x[s:s + batch_size])
+            correct.append(self.model(x).argmax(1) == self.data.test_y[s:s + batch_size])
+        hit = torch.cat(correct)
+        u, r = hit[self._u_test], hit[~self._u_test]
+        return {"u_acc": u.float().mean().item() if len(u) else None,
+                "r_acc": r.float().mean().item() if len(r) else None}
+
+    # -------------------------------------------------------------- training
+    def train_until(self, target: float | None, max_rounds: int) -> TrainResult:
+        """Train until the R-set accuracy reaches ``target`` or ``max_rounds`` rounds ran.
+
+        Round 0 (the model as given) is evaluated too; ``rounds_to_target`` is the first
+        evaluated round whose R-set accuracy is >= target (``None`` if never reached).
+        Resumes from the checkpoint when one exists.
+        """
+        if max_rounds < 0:
+            raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
+        t0 = time.perf_counter() - self.elapsed
+        if not self.history:
+            self.history.append({"round": 0, "loss": None, **self.evaluate()})
+        reached = self._first_reaching(target)
+        bar = tqdm(total=max_rounds, initial=self.round, desc=self.desc,
+                   disable=not self.progress, leave=False)
+        while reached is None and self.round < max_rounds:
+            loss = self.run_round()
+            if self.round % self.cfg.eval_every == 0 or self.round == max_rounds:
+                self.history.append({"round": self.round, "loss": loss, **self.evaluate()})
+                bar.set_postfix(r_acc=f"{self.history[-1]['r_acc']:.3f}")
+                reached = self._first_reaching(target)
+            if self.checkpoint is not None and self.round % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            self.elapsed = time.perf_counter() - t0
+            bar.update(1)
+        bar.close()
+        self.elapsed = time.perf_counter() - t0
+        if self.checkpoint is not None:
+            self.save_checkpoint()
+        return TrainResult(reached, self.round, list(self.history))
+
+    def _first_reaching(self, target: float | None) -> int | None:
+        return None if target is None else rounds_for(self.history, target)
+
+    # ----------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write model, round, history, mask and server optimizer state atomically."""
+        path = Path(path or self.checkpoint)
+        blob = {"model": self.model.state_dict(), "round": self.round, "elapsed": self.elapsed,
+                "history": self.history, "mask": self.mask.state(), "config": asdict(self.cfg),
+                "server_opt": self.server_opt.state_dict() if self.server_opt else None}
+        return atomic_torch_save(blob, path)
+
+    def _resume(self) -> None:
+        blob = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        if blob.get("config") != asdict(self.cfg):
+            raise ValueError(f"checkpoint {self.checkpoint} was written with another "
+                             f"federation config; delete it or use another output folder")
+        load_state(self.model, blob["model"], self.checkpoint)
+        self.round, self.history = blob["round"], blob["history"]
+        self.elapsed = blob["elapsed"]
+        if self.server_opt is not None and blob["server_opt"] is not None:
+            self.server_opt.load_state_dict(blob["server_opt"])
+
+
+def client_generator(seed: int, rnd: int, client: int) -> torch.Generator:
+    """The generator behind client ``client``'s data order and augmentation in round ``rnd``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + rnd * 10_007 + client)
+
+
+def load_state(model: nn.Module, state: dict, source: str | os.PathLike) -> None:
+    """``load_state_dict`` with an error that says which checkpoint does not fit the model."""
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    extra = sorted(set(state) - set(ours))
+    wrong = [k for k in ours if k in state and ours[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", extra),
+                                               ("shape mismatch", wrong)) if keys)
+        raise ValueError(f"checkpoint {source} does not match the model ({detail})")
+    model.load_state_dict(state)
+
+
+def rounds_for(history: list[dict], target: float) -> int | None:
+    """First round of ``history`` whose R-set accuracy is >= ``target``."""
+    for h in history:
+        if h["r_acc"] is not None and h["r_acc"] >= target:
+            return h["round"]
+    return None
+

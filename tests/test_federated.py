@@ -1,0 +1,147 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedunlearn_lib import FedConfig, Federation, build_model
+from fedunlearn_lib.data import BatchTransform
+from fedunlearn_lib.federated import client_generator
+
+
+def _params(model):
+    return torch.cat([t.flatten().float() for t in model.state_dict().values()])
+
+
+def test_fedavg_one_client_one_epoch_equals_centralized_sgd(small_digits):
+    d = small_digits
+    cfg = FedConfig(num_clients=1, clients_per_round=1, local_epochs=1, batch_size=16,
+                    lr=0.05, momentum=0.9, weight_decay=5e-4, seed=3)
+    model = build_model("resnet20", 10)
+    ref = copy.deepcopy(model)
+    fed = Federation(model, d, cfg, partition=[torch.arange(len(d.train_y))], progress=False)
+    fed.run_round()
+
+    # one epoch of plain centralized SGD, same data order and augmentation draws
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    t = BatchTransform(d.mean, d.std)
+    g = client_generator(3, 1, 0)
+    ref.train()
+    perm = torch.randperm(len(d.train_y), generator=g)
+    for s in range(0, len(perm), 16):
+        idx = perm[s:s + 16]
+        loss = F.cross_entropy(ref(t(d.train_x[idx], g, True)), d.train_y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(_params(fed.model), _params(ref), atol=1e-5)
+
+
+def test_fedavg_weights_clients_by_sample_count(small_digits):
+    d = small_digits
+    cfg = FedConfig(num_clients=2, clients_per_round=2, batch_size=8, lr=0.01, seed=0,
+                    augment=False)
+    idx = torch.arange(len(d.train_y))
+    parts = [idx[:60], idx[60:240]]
+    model = build_model("resnet20", 10)
+    fed = Federation(copy.deepcopy(model), d, cfg, partition=parts, progress=False)
+    fed.run_round()
+    solo = []
+    for c, p in enumerate(parts):
+        other = FedConfig(**{**cfg.__dict__, "num_clients": 1, "clients_per_round": 1})
+        f = Federation(copy.deepcopy(model), d, other, partition=[p], progress=False)
+        # client c of the 2-client run used generator (seed, 1, c)
+        f.clients[0].client_id = c
+        f.run_round()
+        solo.append(_params(f.model))
+    expected = (60 * solo[0] + 180 * solo[1]) / 240
+    got = _params(fed.model)
+    floats = torch.tensor([v.is_floating_point() for v in model.state_dict().values()
+                           for _ in range(v.numel())])
+    assert torch.allclose(got[floats], expected[floats], atol=1e-5)
+
+
+def test_fedsgd_is_one_server_step_on_the_averaged_gradient(small_digits):
+    d = small_digits
+    cfg = FedConfig(algorithm="fedsgd", num_clients=10, clients_per_round=10, lr=0.1,
+                    momentum=0.0, weight_decay=0.0, augment=False, batch_size=64)
+    model = build_model("resnet20", 10)
+    ref = copy.deepcopy(model)
+    fed = Federation(model, d, cfg, progress=False)
+    fed.run_round()
+    # the same step computed centrally: mean loss over all clients' samples, BN in train
+    # mode per client batch, so compare against per-client gradient sum
+    t = BatchTransform(d.mean, d.std)
+    ref.train()
+    total = sum(len(c) for c in fed.clients)
+    for c in fed.clients:
+        for s in range(0, len(c), 64):
+            x, y = c.x[s:s + 64], c.y[s:s + 64]
+            if len(y) < 2:
+                continue
+            (F.cross_entropy(ref(t(x)), y, reduction="sum") / total).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    params = lambda m: torch.cat([p.flatten() for p in m.parameters()])
+    assert torch.allclose(params(fed.model), params(ref), atol=1e-5)
+
+
+def test_resume_after_interrupt_gives_same_weights(small_digits, tmp_path):
+    d = small_digits
+    cfg = FedConfig(num_clients=10, clients_per_round=3, batch_size=16, checkpoint_every=2)
+    torch.manual_seed(0)
+    a = Federation(build_model("resnet20", 10), d, cfg, forget=[9],
+                   checkpoint=tmp_path / "a.pt", progress=False)
+    a.train_until(None, 4)
+
+    torch.manual_seed(0)
+    b = Federation(build_model("resnet20", 10), d, cfg, forget=[9],
+                   checkpoint=tmp_path / "b.pt", progress=False)
+    b.train_until(None, 2)  # "interrupted" after the round-2 checkpoint
+    torch.manual_seed(123)  # a fresh process would start from other random weights
+    c = Federation(build_model("resnet20", 10), d, cfg, forget=[9],
+                   checkpoint=tmp_path / "b.pt", progress=False)
+    assert c.round == 2
+    c.train_until(None, 4)
+    assert torch.equal(_params(a.model), _params(c.model))
+    assert [h["r_acc"] for h in a.history] == [h["r_acc"] for h in c.history]
+
+
+def test_checkpoint_of_another_model_is_rejected(small_digits, tmp_path):
+    cfg = FedConfig(num_clients=10, clients_per_round=2)
+    f = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
+                   checkpoint=tmp_path / "c.pt")
+    f.save_checkpoint()
+    with pytest.raises(ValueError, match="does not match the model"):
+        Federation(build_model("vgg11", 10), small_digits, cfg, progress=False,
+                   checkpoint=tmp_path / "c.pt")
+
+
+def test_exclude_removes_classes_and_forget_splits_the_test_set(small_digits):
+    cfg = FedConfig(num_clients=10, clients_per_round=2)
+    f = Federation(build_model("resnet20", 10), small_digits, cfg, forget=[0, 9],
+                   exclude=[0, 9], progress=False)
+    labels = torch.cat([c.y for c in f.clients])
+    assert not ((labels == 0) | (labels == 9)).any()
+    assert len(labels) == 8 * 30
+    assert int(f._u_test.sum()) == 20
+
+
+def test_train_until_stops_at_target(small_digits):
+    cfg = FedConfig(num_clients=10, clients_per_round=2)
+    f = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False)
+    res = f.train_until(0.0, 5)
+    assert res.rounds_to_target == 0 and res.rounds_run == 0
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("clients_per_round", 11, "clients_per_round=11"),
+    ("q", -0.1, "-0.1"),
+    ("algorithm", "fedprox", "fedprox.*fedavg"),
+])
+def test_bad_federation_config(small_digits, field, value, msg):
+    cfg = FedConfig(num_clients=10, clients_per_round=2)
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=msg):
+        Federation(build_model("resnet20", 10), small_digits, cfg, progress=False)

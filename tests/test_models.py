@@ -1,0 +1,29 @@
+import pytest
+import torch
+from torch import nn
+
+from fedunlearn_lib.models import MODELS, build_model, conv_bn_pairs
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shape(name):
+    m = build_model(name, 7).eval()
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_depth_matches_name(name):
+    """ResNet-d: d - 1 convs on the main path + fc; VGG-d: d - 3 convs (+ 3 FC originally)."""
+    m = build_model(name, 10)
+    depth = int(name.lstrip("resnetvg"))
+    plain = sum(1 for n, c in m.named_modules() if isinstance(c, nn.Conv2d)
+                and "shortcut" not in n)
+    assert plain == (depth - 1 if name.startswith("resnet") else depth - 3)
+    assert len(conv_bn_pairs(m)) == sum(isinstance(c, nn.Conv2d) for c in m.modules())
+    assert all(bn is not None and bn.num_features == conv.out_channels
+               for conv, bn in conv_bn_pairs(m).values())
+
+
+def test_unknown_model_names_choices():
+    with pytest.raises(ValueError, match="resnet7.*resnet20"):
+        build_model("resnet7", 10)
