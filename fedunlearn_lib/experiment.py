@@ -123,11 +123,11 @@ def new_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
     return build_model(cfg.model, num_classes)
 
 
-def pretrain(cfg: ExperimentConfig, data: ImageData, out: Path,
+def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
              progress: bool = True) -> Federation:
     """Federated training on all classes for ``cfg.rounds`` rounds (resumable)."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
-                     device=cfg.device, checkpoint=out / "pretrain.pt",
+                     device=cfg.device, checkpoint=checkpoint,
                      channels_last=cfg.channels_last, progress=progress, desc="pretrain")
     fed.train_until(None, cfg.rounds)
     return fed
@@ -171,11 +171,13 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     return blob
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
-                   progress: bool = True) -> dict:
+def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool = True,
+                   pretrained: str | os.PathLike | None = None) -> dict:
     """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
 
     Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
+    ``pretrained`` names a finished pretraining checkpoint to use instead of
+    ``out/pretrain.pt`` (it is read, never written, when it is complete).
     """
     data = prepare_data(cfg)
     if cfg.threads:
@@ -184,7 +186,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(asdict(cfg), out / "config.json")
 
-    pre = pretrain(cfg, data, out, progress)
+    pre = pretrain(cfg, data, Path(pretrained) if pretrained else out / "pretrain.pt", progress)
     raw = pre.evaluate()
     re = retrain(cfg, data, out, progress)
     retrained = re.evaluate()

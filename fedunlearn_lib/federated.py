@@ -164,7 +164,8 @@ class Federation:
         floats = [t for t in live if t.is_floating_point()]
         start = [t.clone() for t in floats]
         acc = [torch.zeros_like(t) for t in floats]
-        total, loss_sum, seen = 0, 0.0, 0
+        total, seen = 0, 0
+        loss_sum = torch.zeros((), device=self.device)  # no host sync per step
         model.train()
         for client in chosen:
             torch._foreach_copy_(floats, start)
@@ -180,19 +181,20 @@ class Federation:
                     opt.step()
                     if len(self.mask):
                         self.mask.apply(model)
-                    loss_sum += loss.item() * len(idx)
+                    loss_sum += loss.detach() * len(idx)
                     seen += len(idx)
             torch._foreach_add_(acc, floats, alpha=float(len(client)))
             total += len(client)
         torch._foreach_mul_(acc, 1.0 / total)
         torch._foreach_copy_(floats, acc)
-        return loss_sum / max(seen, 1)
+        return loss_sum.item() / max(seen, 1)
 
     def _fedsgd_round(self, chosen: list[ClientData], rnd: int) -> float:
         cfg, model = self.cfg, self.model
         params = [p for p in model.parameters() if p.requires_grad]
         acc = [torch.zeros_like(p) for p in params]
-        total, loss_sum = 0, 0.0
+        total = 0
+        loss_sum = torch.zeros((), device=self.device)
         model.train()
         for client in chosen:
             g = client_generator(self.cfg.seed, rnd, client.client_id)
@@ -201,14 +203,14 @@ class Federation:
                 x = self.transform(client.x[idx], g, cfg.augment)
                 loss = F.cross_entropy(model(x), client.y[idx], reduction="sum")
                 loss.backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
             # client gradient = mean over its samples; server weights clients by size
             torch._foreach_add_(acc, [p.grad for p in params])
             total += len(client)
         for p, a in zip(params, acc):
             p.grad = a / total
         self.server_opt.step()
-        return loss_sum / total
+        return loss_sum.item() / total
 
     # ------------------------------------------------------------ evaluation
     @torch.inference_mode()
@@ -238,6 +240,7 @@ class Federation:
         if not self.history:
             self.history.append({"round": 0, "loss": None, **self.evaluate()})
         reached = self._first_reaching(target)
+        first = self.round
         bar = tqdm(total=max_rounds, initial=self.round, desc=self.desc,
                    disable=not self.progress, leave=False)
         while reached is None and self.round < max_rounds:
@@ -252,7 +255,7 @@ class Federation:
             bar.update(1)
         bar.close()
         self.elapsed = time.perf_counter() - t0
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.round > first:
             self.save_checkpoint()
         return TrainResult(reached, self.round, list(self.history))
 

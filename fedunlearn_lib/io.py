@@ -10,7 +10,8 @@ from typing import Any, Callable
 import torch
 
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -26,7 +27,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
@@ -35,4 +36,4 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=2, sort_keys=False)
             fh.write("\n")
-    return _atomic(path, write)
+    return atomic_write(path, write)

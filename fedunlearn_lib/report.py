@@ -1,0 +1,89 @@
+"""Tables and figures of the paper from ``metrics.json`` files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
+
+PHASES = ("raw", "pruned", "finetuned", "retrained")
+
+
+def load_metrics(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Read metrics files, adding the file's path under ``"path"``."""
+    runs = []
+    for p in sorted(map(str, paths)):
+        with open(p) as fh:
+            runs.append({**json.load(fh), "path": p})
+    return runs
+
+
+def _label(run: dict) -> dict:
+    c = run["config"]
+    return {"dataset": c["dataset"], "model": c["model"],
+            "forget": ",".join(map(str, c["forget"])), "q": c["federation"]["q"],
+            "seed": c["federation"]["seed"], "direction": c["unlearning"]["direction"]}
+
+
+def table2(runs: list[dict]) -> pd.DataFrame:
+    """The paper's Table 2: U-/R-set accuracy (%) raw, after pruning, fine-tuned, retrained."""
+    rows = []
+    for run in runs:
+        row = _label(run)
+        for phase in PHASES:
+            for split in ("u", "r"):
+                v = run[phase][f"{split}_acc"]
+                row[f"{phase} {split.upper()}"] = None if v is None else round(100 * v, 2)
+        row["rounds fine-tune"] = run["rounds_finetune"]
+        row["rounds retrain"] = run["rounds_retrain"]
+        row["speedup"] = None if run["speedup"] is None else round(run["speedup"], 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_curves(runs: list[dict]) -> plt.Figure:
+    """The paper's Figure 3: R-set test accuracy per round, fine-tuning vs retraining."""
+    frames = []
+    for run in runs:
+        lab = _label(run)
+        panel = f"{lab['dataset']} / {lab['model']} / forget {lab['forget']}"
+        for phase, name in (("finetune", "fine-tuning (ours)"), ("retrain", "retraining")):
+            for h in run["history"][phase]:
+                frames.append({"panel": panel, "round": h["round"], "curve": name,
+                               "R-set accuracy (%)": 100 * h["r_acc"]})
+    df = pd.DataFrame(frames)
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.3)
+    panels = sorted(df["panel"].unique())
+    g = sns.relplot(data=df, x="round", y="R-set accuracy (%)", hue="curve", col="panel",
+                    col_order=panels, col_wrap=min(3, len(panels)), kind="line", marker="o",
+                    height=3.2, aspect=1.25, facet_kws={"sharex": False})
+    g.set_titles("{col_name}")
+    g.set_axis_labels("federated round", "R-set accuracy (%)")
+    return g.figure
+
+
+def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically)."""
+    out = []
+    for ext in ("png", "pdf"):
+        out.append(atomic_write(Path(f"{stem}.{ext}"),
+                           lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=200,
+                                                            bbox_inches="tight")))
+    return out
+
+
+def write_table(df: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
+    """Write ``df`` as ``stem.csv`` and ``stem.md`` (atomically)."""
+    csv = atomic_write(Path(f"{stem}.csv"), lambda tmp: df.to_csv(tmp, index=False))
+    md = atomic_write(Path(f"{stem}.md"),
+                 lambda tmp: Path(tmp).write_text(df.to_markdown(index=False) + "\n"))
+    return [csv, md]
