@@ -16,9 +16,20 @@ from .procs import local_proc  # noqa: E402
 from .tfidf import tfidf_scores  # noqa: E402
 
 
-def conv_names(model: nn.Module) -> list[str]:
-    """Names of the model's conv layers, input to output."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+@torch.inference_mode()
+def default_layer(model: nn.Module, min_size: int = 8) -> str:
+    """The deepest conv whose feature maps are still at least ``min_size`` pixels wide."""
+    sizes: dict[str, int] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: sizes.__setitem__(n, o.shape[-1]))
+               for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    wide = [n for n, s in sizes.items() if s >= min_size]
+    return wide[-1] if wide else list(sizes)[0]
 
 
 @torch.inference_mode()
@@ -75,19 +86,22 @@ def plot_activation_heatmap(A: torch.Tensor, target: int, class_names: list[str]
                             top: int = 24) -> tuple[plt.Figure, list[int]]:
     """Heat map of class-wise activations for the ``top`` channels by TF-IDF for ``target``.
 
-    Returns the figure and the channel indices shown (highest score first).
+    Returns the figure and all channel indices, highest score first.
     """
     scores = tfidf_scores(A, target)
-    order = torch.argsort(scores, descending=True)[:top].tolist()
+    ranking = torch.argsort(scores, descending=True).tolist()
+    order = ranking[:top]
     norm = A[:, order] / A[:, order].max(dim=0, keepdim=True).values.clamp(min=1e-12)
     fig, (ax_s, ax_h) = plt.subplots(2, 1, figsize=(0.38 * len(order) + 2, 5.5),
                                      gridspec_kw={"height_ratios": [1, 3]}, sharex=True)
     ax_s.bar(np.arange(len(order)) + 0.5, scores[order].numpy(), color="tab:red")
     ax_s.set_ylabel("TF-IDF")
-    sns.heatmap(norm.numpy(), ax=ax_h, cmap="mako", cbar_kws={"label": "activation / max"},
+    sns.heatmap(norm.numpy(), ax=ax_h, cmap="mako",
+                cbar_kws={"label": "activation / channel max", "orientation": "horizontal",
+                          "pad": 0.22, "shrink": 0.5},
                 xticklabels=order, yticklabels=class_names)
-    ax_h.set_xlabel("channel (sorted by TF-IDF for the target class)")
+    ax_h.set_xlabel(f"top {len(order)} channels by TF-IDF for class {class_names[target]}")
     ax_h.set_ylabel("class")
     ax_h.get_yticklabels()[target].set_color("tab:red")
     fig.tight_layout()
-    return fig, order
+    return fig, ranking
