@@ -2,6 +2,7 @@
 # Profiles live in config/{smoke,quick,paper}.yaml; each rule runs one numbered notebook
 # with papermill and keeps the executed copy under results/<profile>/notebooks/.
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,9 +40,11 @@ def experiment(dataset, model, q, seed, forget="9"):
 
 
 def papermill(notebook, output, params, threads):
+    """Execute notebooks/<notebook>.ipynb into ``output`` with papermill (-y parameters)."""
     params = {**params, "threads": threads}
-    shell(f"{sys.executable} -m papermill --no-progress-bar --cwd . -y '{json.dumps(params)}' "
-          f"notebooks/{notebook}.ipynb {output}")
+    subprocess.run([sys.executable, "-m", "papermill", "--no-progress-bar", "--cwd", ".",
+                    "-y", json.dumps(params), f"notebooks/{notebook}.ipynb", output],
+                   check=True)
 
 
 EXP = RES + "/{dataset}/{model}/q{q}/seed{seed}"
