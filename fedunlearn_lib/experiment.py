@@ -148,14 +148,13 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     path = out / "pruned.pt"
     if path.exists():
         return torch.load(path, map_location=cfg.device, weights_only=False)
-    model = pretrained.model
-    original = copy.deepcopy(model)
+    pruned_model = pretrained.model
+    original = copy.deepcopy(pruned_model)
     t0 = time.perf_counter()
-    mask, per_class = prune_for_classes(pretrained, cfg.forget, cfg.unlearning)
+    mask, per_class = prune_for_classes(pretrained, cfg.forget, cfg.unlearning)  # masks in place
     t_score = time.perf_counter() - t0
     after_mask = pretrained.evaluate()
     pretrained.model = original  # leave the pretrained federation as it was
-    pruned_model = copy.deepcopy(model)
     t0 = time.perf_counter()
     removed, keep = 0, mask
     if cfg.unlearning.apply == "remove":
