@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 from dataclasses import MISSING, fields
-from typing import Sequence
+from types import UnionType
+from typing import Sequence, Union, get_args, get_origin, get_type_hints
 
 from .experiment import ExperimentConfig, run_experiment
 from .federated import FedConfig
@@ -26,20 +27,24 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _arg_type(hint: object):
+    """The argparse type for a dataclass field's annotation (``list`` fields parse later)."""
+    if get_origin(hint) is list:
+        return str
+    options = [a for a in get_args(hint) if a is not type(None)] \
+        if get_origin(hint) in (Union, UnionType) else [hint]
+    return {bool: _parse_bool, int: int, float: float}.get(options[0], str)
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     group = parser.add_argument_group(title)
+    hints = get_type_hints(cls)
     for f in fields(cls):
         if f.name in _SECTIONS:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
-        kind = {bool: _parse_bool, int: int, float: float}.get(type(default), str)
-        if f.name in ("forget",):
-            kind = str
-        elif default is None:
-            kind = float if f.name == "target_r_acc" else (str if f.name in (
-                "data_root",) else int)
-        group.add_argument(_flag(f.name), dest=f"{title}.{f.name}", type=kind, default=None,
-                           help=f"(default: {default})")
+        group.add_argument(_flag(f.name), dest=f"{title}.{f.name}", type=_arg_type(hints[f.name]),
+                           default=None, help=f"(default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
