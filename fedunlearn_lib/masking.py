@@ -18,15 +18,9 @@ class ChannelMask:
     def __init__(self, channels: dict[str, list[int]] | None = None) -> None:
         self.channels: dict[str, list[int]] = {
             k: sorted(set(int(i) for i in v)) for k, v in (channels or {}).items() if len(v)}
-        self._bound: list[tuple[list[torch.Tensor], torch.Tensor]] | None = None
-        self._bound_to: int | None = None
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.channels.values())
-
-    def __contains__(self, key: tuple[str, int]) -> bool:
-        layer, idx = key
-        return idx in self.channels.get(layer, ())
 
     def union(self, other: "ChannelMask") -> "ChannelMask":
         merged = {k: list(v) for k, v in self.channels.items()}
@@ -34,32 +28,28 @@ class ChannelMask:
             merged[k] = merged.get(k, []) + list(v)
         return ChannelMask(merged)
 
-    def restrict(self, layers: set[str]) -> "ChannelMask":
-        """The part of this mask on the named layers only."""
-        return ChannelMask({k: v for k, v in self.channels.items() if k in layers})
-
-    def _bind(self, model: nn.Module) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
-        if self._bound is None or self._bound_to != id(model):
-            pairs = conv_bn_pairs(model)
-            bound = []
-            for name, idx in self.channels.items():
-                if name not in pairs:
-                    raise KeyError(f"mask names conv layer {name!r}, which the model lacks")
-                conv, bn = pairs[name]
-                if max(idx) >= conv.out_channels:
-                    raise ValueError(f"mask channel {max(idx)} outside layer {name!r} "
-                                     f"with {conv.out_channels} channels")
-                tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
-                if bn is not None:
-                    tensors += [bn.weight, bn.bias]
-                bound.append((tensors, torch.tensor(idx, device=conv.weight.device)))
-            self._bound, self._bound_to = bound, id(model)
-        return self._bound
+    def _targets(self, model: nn.Module) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+        """(tensors to zero, channel indices) per masked layer, looked up afresh each call
+        (cheap), so a model whose layers were replaced by channel removal is never stale."""
+        pairs = conv_bn_pairs(model)
+        targets = []
+        for name, idx in self.channels.items():
+            if name not in pairs:
+                raise KeyError(f"mask names conv layer {name!r}, which the model lacks")
+            conv, bn = pairs[name]
+            if max(idx) >= conv.out_channels:
+                raise ValueError(f"mask channel {max(idx)} outside layer {name!r} "
+                                 f"with {conv.out_channels} channels")
+            tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
+            if bn is not None:
+                tensors += [bn.weight, bn.bias]
+            targets.append((tensors, torch.tensor(idx, device=conv.weight.device)))
+        return targets
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> nn.Module:
         """Zero the masked channels of ``model`` in place and return it."""
-        for tensors, idx in self._bind(model):
+        for tensors, idx in self._targets(model):
             for t in tensors:
                 t.index_fill_(0, idx, 0.0)
         return model
