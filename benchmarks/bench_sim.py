@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from fedunlearn_lib import ChannelMask, FedConfig, Federation, build_model
+from fedunlearn_lib import FedConfig, Federation, build_model
 from fedunlearn_lib.data import BatchTransform, ImageData
 from fedunlearn_lib.procs import aggregate, local_proc
 from fedunlearn_lib.pruning import conv_flops, layer_scores, remove_channels, select_channels

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn_lib import data as data_mod
 from fedunlearn_lib.data import BatchTransform, load_dataset, random_crop_flip
 
 
