@@ -17,33 +17,29 @@ from .tfidf import tfidf_scores  # noqa: E402
 
 
 @torch.inference_mode()
-def default_layer(model: nn.Module, min_size: int = 8) -> str:
-    """The deepest conv whose feature maps are still at least ``min_size`` pixels wide."""
-    sizes: dict[str, int] = {}
-    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: sizes.__setitem__(n, o.shape[-1]))
-               for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    model.eval()
-    try:
-        model(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    wide = [n for n, s in sizes.items() if s >= min_size]
-    return wide[-1] if wide else list(sizes)[0]
-
-
-@torch.inference_mode()
-def feature_maps(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """ReLU'd output of conv ``layer`` for the (normalized) batch ``x``: [N, C, H, W]."""
-    out: list[torch.Tensor] = []
-    handle = dict(model.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, o: out.append(torch.relu(o)))
+def conv_outputs(model: nn.Module, x: torch.Tensor,
+                 layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """ReLU'd outputs of the named conv layers (all convs when ``None``) for batch ``x``."""
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+               and (layers is None or n in layers)}
+    out: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, torch.relu(o)))
+               for n, m in modules.items()]
     model.eval()
     try:
         model(x)
     finally:
-        handle.remove()
-    return out[0]
+        for h in handles:
+            h.remove()
+    return out
+
+
+def default_layer(model: nn.Module, min_size: int = 8) -> str:
+    """The deepest conv whose feature maps are still at least ``min_size`` pixels wide."""
+    probe = torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device)
+    sizes = {n: o.shape[-1] for n, o in conv_outputs(model, probe).items()}
+    wide = [n for n, s in sizes.items() if s >= min_size]
+    return wide[-1] if wide else list(sizes)[0]
 
 
 def class_activations(model: nn.Module, data: ImageData, transform: BatchTransform,
@@ -61,7 +57,7 @@ def plot_feature_maps(model: nn.Module, data: ImageData, transform: BatchTransfo
     picks = [torch.nonzero(data.test_y.cpu() == c).flatten()[:per_class] for c in classes]
     idx = torch.cat(picks)
     x = data.test_x[idx]
-    maps = feature_maps(model, transform(x), layer)[:, channels].cpu()
+    maps = conv_outputs(model, transform(x), [layer])[layer][:, channels].cpu()
     vmax = float(maps.max()) or 1.0
     rows, cols = len(idx), len(channels) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.5 * rows), squeeze=False)
