@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from .data import DATASETS, ImageData, load_dataset
-from .federated import FedConfig, Federation, rounds_for
+from .federated import FedConfig, Federation, TrainResult, load_state, rounds_for
 from .io import atomic_torch_save, atomic_write_json
 from .masking import ChannelMask
 from .models import MODELS, build_model
@@ -31,6 +32,7 @@ class ExperimentConfig:
     rounds: int = 20  # pretraining budget; retraining gets the same
     finetune_rounds: int | None = None  # None = rounds
     target_r_acc: float | None = None  # None = what retraining reaches
+    strict_u: float = 0.01  # strict stop rule: U-set accuracy <= this in the target round
     train_per_class: int | None = None  # class-balanced subset; None = all
     test_per_class: int | None = None
     device: str = "cpu"
@@ -85,6 +87,8 @@ class ExperimentConfig:
                 raise ValueError("forget must leave at least one class")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if not 0.0 <= self.strict_u <= 1.0:
+            raise ValueError(f"strict_u must lie in [0, 1], got {self.strict_u}")
         if self.target_r_acc is not None and not 0.0 < self.target_r_acc <= 1.0:
             raise ValueError(f"target_r_acc must lie in (0, 1], got {self.target_r_acc}")
         if self.dataset != "digits" and (self.data_root is None
@@ -143,6 +147,27 @@ def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
     return fed
 
 
+def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
+             mask: ChannelMask | None, checkpoint: Path, target: float,
+             max_rounds: int | None = None, progress: bool = True,
+             desc: str = "fine-tune") -> tuple[Federation, TrainResult]:
+    """Federated training on the remaining classes until the strict stop rule holds
+    (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``), resumable."""
+    ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
+                    mask=mask, device=cfg.device, checkpoint=checkpoint,
+                    channels_last=cfg.channels_last, progress=progress, desc=desc)
+    result = ft.train_until(target, max_rounds or cfg.finetune_rounds or cfg.rounds,
+                            max_u=cfg.strict_u)
+    if not checkpoint.exists():  # target met before any round: keep the model all the same
+        ft.save_checkpoint()
+    return ft, result
+
+
+def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | None:
+    """Retraining rounds over fine-tuning rounds (``None`` when either never got there)."""
+    return rounds_baseline / rounds_ours if rounds_baseline is not None and rounds_ours else None
+
+
 def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     """Score and prune a copy of the pretrained model; cached in ``out/pruned.pt``."""
     path = out / "pruned.pt"
@@ -174,6 +199,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
                    pretrained: str | os.PathLike | None = None) -> dict:
     """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
 
+    Fine-tuning stops by the strict rule; ``rounds_finetune`` is the paper's rule (first
+    round with R-set accuracy >= target), ``rounds_finetune_strict`` the strict one.
     Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
     ``pretrained`` names a finished pretraining checkpoint to use instead of
     ``out/pretrain.pt`` (it is read, never written, when it is complete).
@@ -192,23 +219,20 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
     target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained["r_acc"]
 
     pruned = prune(cfg, pre, out)
-    model = pruned["model"]
-    ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
-                    mask=ChannelMask(pruned["mask"]), device=cfg.device,
-                    checkpoint=out / "finetune.pt", channels_last=cfg.channels_last,
-                    progress=progress, desc="fine-tune")
-    result = ft.train_until(target, cfg.finetune_rounds or cfg.rounds)
+    ft, result = finetune(cfg, data, pruned["model"], ChannelMask(pruned["mask"]),
+                          out / "finetune.pt", target, progress=progress)
     finetuned = ft.evaluate()
 
     rounds_retrain = rounds_for(re.history, target)
-    rounds_finetune = result.rounds_to_target
-    speedup = (rounds_retrain / rounds_finetune
-               if rounds_retrain is not None and rounds_finetune else None)
+    strict_retrain = rounds_for(re.history, target, max_u=cfg.strict_u)
     metrics = {
         "raw": raw, "pruned": pruned["metrics"], "finetuned": finetuned, "retrained": retrained,
         "target_r_acc": target, "rounds_pretrain": pre.round,
-        "rounds_finetune": rounds_finetune, "rounds_finetune_run": result.rounds_run,
-        "rounds_retrain": rounds_retrain, "speedup": speedup,
+        "rounds_finetune": result.rounds_to_target, "rounds_finetune_run": result.rounds_run,
+        "rounds_retrain": rounds_retrain, "speedup": speedup(rounds_retrain,
+                                                             result.rounds_to_target),
+        "rounds_finetune_strict": result.rounds_strict, "rounds_retrain_strict": strict_retrain,
+        "speedup_strict": speedup(strict_retrain, result.rounds_strict),
         "channels": pruned["channels"], "macs": pruned["macs"],
         "seconds": {"pretrain": pre.elapsed, "scoring": pruned["seconds"]["scoring"],
                     "pruning": pruned["seconds"]["pruning"], "finetune": ft.elapsed,
@@ -216,6 +240,44 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
         "per_class": pruned["per_class"],
         "history": {"pretrain": pre.history, "finetune": ft.history, "retrain": re.history},
         "config": asdict(cfg),
+        "pretrained_checkpoint": str(pre.checkpoint),
     }
     atomic_write_json(metrics, out / "metrics.json")
     return metrics
+
+
+@dataclass
+class Run:
+    """A finished unlearning run: its config, data, metrics and the models to compare."""
+
+    path: Path
+    cfg: ExperimentConfig
+    data: ImageData
+    metrics: dict
+    raw: torch.nn.Module
+    unlearned: torch.nn.Module
+    mask: ChannelMask
+    retrained: torch.nn.Module
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Load a ``run_experiment`` output folder: raw, unlearned (fine-tuned) and retrained."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} a finished run?")
+    metrics = json.loads(metrics_path.read_text())
+    cfg = ExperimentConfig.from_dict(metrics["config"])
+    data = prepare_data(cfg)
+
+    def load(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+        blob = torch.load(path, map_location=cfg.device, weights_only=False)
+        load_state(model, blob["model"], path)
+        return model.to(cfg.device).eval()
+
+    pruned = torch.load(run_dir / "pruned.pt", map_location=cfg.device, weights_only=False)
+    return Run(run_dir, cfg, data, metrics,
+               raw=load(new_model(cfg, data.num_classes), metrics["pretrained_checkpoint"]),
+               unlearned=load(pruned["model"], run_dir / "finetune.pt"),
+               mask=ChannelMask(pruned["mask"]),
+               retrained=load(new_model(cfg, data.num_classes), run_dir / "retrain.pt"))

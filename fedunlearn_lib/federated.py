@@ -74,6 +74,7 @@ class TrainResult:
     rounds_to_target: int | None
     rounds_run: int
     history: list[dict] = field(default_factory=list)
+    rounds_strict: int | None = None  # first round also meeting the U-set bound, if asked
 
 
 class Federation:
@@ -227,11 +228,14 @@ class Federation:
                 "r_acc": r.float().mean().item() if len(r) else None}
 
     # -------------------------------------------------------------- training
-    def train_until(self, target: float | None, max_rounds: int) -> TrainResult:
-        """Train until the R-set accuracy reaches ``target`` or ``max_rounds`` rounds ran.
+    def train_until(self, target: float | None, max_rounds: int, *, key: str = "r_acc",
+                    max_u: float | None = None) -> TrainResult:
+        """Train until accuracy ``key`` reaches ``target`` or ``max_rounds`` rounds ran.
 
         Round 0 (the model as given) is evaluated too; ``rounds_to_target`` is the first
-        evaluated round whose R-set accuracy is >= target (``None`` if never reached).
+        evaluated round whose ``key`` accuracy is >= target (``None`` if never reached).
+        With ``max_u`` training goes on until the same round also has U-set accuracy
+        <= ``max_u`` (the strict stop rule), reported as ``rounds_strict``.
         Resumes from the checkpoint when one exists.
         """
         if max_rounds < 0:
@@ -239,16 +243,22 @@ class Federation:
         t0 = time.perf_counter() - self.elapsed
         if not self.history:
             self.history.append({"round": 0, "loss": None, **self.evaluate()})
-        reached = self._first_reaching(target)
+
+        def stop() -> bool:
+            if target is None:
+                return False
+            if max_u is None:
+                return rounds_for(self.history, target, key) is not None
+            return rounds_for(self.history, target, key, max_u) is not None
+
         first = self.round
         bar = tqdm(total=max_rounds, initial=self.round, desc=self.desc,
                    disable=not self.progress, leave=False)
-        while reached is None and self.round < max_rounds:
+        while not stop() and self.round < max_rounds:
             loss = self.run_round()
             if self.round % self.cfg.eval_every == 0 or self.round == max_rounds:
                 self.history.append({"round": self.round, "loss": loss, **self.evaluate()})
-                bar.set_postfix(r_acc=f"{self.history[-1]['r_acc']:.3f}")
-                reached = self._first_reaching(target)
+                bar.set_postfix({key: f"{self.history[-1][key]:.3f}"})
             if self.checkpoint is not None and self.round % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             self.elapsed = time.perf_counter() - t0
@@ -257,10 +267,10 @@ class Federation:
         self.elapsed = time.perf_counter() - t0
         if self.checkpoint is not None and self.round > first:
             self.save_checkpoint()
-        return TrainResult(reached, self.round, list(self.history))
-
-    def _first_reaching(self, target: float | None) -> int | None:
-        return None if target is None else rounds_for(self.history, target)
+        reached = None if target is None else rounds_for(self.history, target, key)
+        strict = (None if target is None or max_u is None
+                  else rounds_for(self.history, target, key, max_u))
+        return TrainResult(reached, self.round, list(self.history), strict)
 
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
@@ -302,10 +312,13 @@ def load_state(model: nn.Module, state: dict, source: str | os.PathLike) -> None
     model.load_state_dict(state)
 
 
-def rounds_for(history: list[dict], target: float) -> int | None:
-    """First round of ``history`` whose R-set accuracy is >= ``target``."""
+def rounds_for(history: list[dict], target: float, key: str = "r_acc",
+               max_u: float | None = None) -> int | None:
+    """First round of ``history`` whose ``key`` accuracy is >= ``target`` (and, with
+    ``max_u``, whose U-set accuracy is <= ``max_u``)."""
     for h in history:
-        if h["r_acc"] is not None and h["r_acc"] >= target:
+        if h[key] is None or h[key] < target:
+            continue
+        if max_u is None or (h["u_acc"] is not None and h["u_acc"] <= max_u):
             return h["round"]
     return None
-

@@ -18,6 +18,19 @@ def layer_scores(activations: dict[str, torch.Tensor], target: int) -> dict[str,
     return {n: tfidf_scores(a, target) for n, a in activations.items()}
 
 
+def l1_scores(model: nn.Module) -> dict[str, torch.Tensor]:
+    """L1 norm of every conv filter (Li et al. 2017 prune the *lowest*)."""
+    return {n: m.weight.detach().abs().sum(dim=(1, 2, 3)).cpu()
+            for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def random_scores(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Uniform random scores for every conv channel: selecting by them prunes at random."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(m.out_channels, generator=g)
+            for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
 def select_channels(scores: dict[str, torch.Tensor], ratio: float, *,
                     direction: str = "highest", scope: str = "global",
                     already: ChannelMask | None = None) -> ChannelMask:

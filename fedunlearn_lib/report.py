@@ -87,3 +87,45 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
     md = atomic_write(Path(f"{stem}.md"),
                  lambda tmp: Path(tmp).write_text(df.to_markdown(index=False) + "\n"))
     return [csv, md]
+
+
+def class_accuracy_figure(panels: list[tuple[str, dict]]) -> plt.Figure:
+    """Figure for Table 5: class-wise test accuracy of the unlearned and retrained models over
+    the remaining classes, one panel per (title, ``studies.kl_row`` accuracies)."""
+    frames = []
+    for title, acc in panels:
+        for name in ("unlearned", "retrained"):
+            frames.append(pd.DataFrame({"panel": title, "class": acc["classes"], "model": name,
+                                        "accuracy (%)": 100 * acc[name]}))
+    df = pd.concat(frames, ignore_index=True)
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
+    g = sns.catplot(data=df, x="class", y="accuracy (%)", hue="model", col="panel",
+                    col_wrap=min(2, len(panels)), kind="bar", height=3.0, aspect=1.6,
+                    sharex=False)
+    g.set_titles("{col_name}")
+    g.set_xticklabels(rotation=45)
+    return g.figure
+
+
+def ablation_figure(histories: dict[str, list[dict]], target: float,
+                    stability: pd.DataFrame) -> plt.Figure:
+    """U- and R-set accuracy per fine-tuning round for each ablation arm, and the Jaccard
+    overlap of the selected channels against the number of scoring clients."""
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for name, hist in histories.items():
+        rounds = [h["round"] for h in hist]
+        for ax, key in zip(axes[:2], ("u_acc", "r_acc")):
+            ax.plot(rounds, [100 * h[key] for h in hist], marker="o", label=name)
+    axes[1].axhline(100 * target, color="gray", ls="--", label="target")
+    for ax, title in zip(axes[:2], ("U-set accuracy (forgotten)", "R-set accuracy (remaining)")):
+        ax.set(xlabel="fine-tuning round", ylabel="accuracy (%)", title=title)
+    axes[1].legend(fontsize=8)
+    for q, part in stability.groupby("q"):
+        axes[2].plot(part["clients"], part["Jaccard mean"], marker="o", label=f"q = {q}")
+    axes[2].set(xscale="log", xlabel="clients running local proc",
+                ylabel="Jaccard vs all clients", title="stability of the selected channels",
+                ylim=(0, 1.05))
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -23,7 +23,8 @@ class UnlearnConfig:
     direction: str = "highest"
     scope: str = "global"
     apply: str = "mask"
-    score_clients: int | None = None  # clients running local proc; None = one round's worth
+    score_clients: int | None = None  # clients running local proc (drawn among those
+    # holding the class); None = one round's worth
     score_samples: int | None = None  # per-client cap on local-proc samples; None = all
 
     def validate(self) -> None:
@@ -41,7 +42,8 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
     """Select and mask channels of ``fed.model`` for each class in ``forget`` in turn.
 
     Each class gets fresh local procs on the already-pruned model (the paper's way of
-    removing several classes). Returns the union mask and per-class timing/count info.
+    removing several classes). Returns the union mask and, per class, timing, counts and
+    the U-/R-set accuracy after that class's channels are pruned (``"after"``).
     """
     cfg.validate()
     num_classes = fed.data.num_classes
@@ -51,21 +53,27 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
     mask = ChannelMask(fed.mask.state())
     info = []
     for k, cls in enumerate(forget):
+        # the participants are drawn among the clients that hold the class to forget
+        holders = [c.client_id for c in fed.clients if bool((c.y == cls).any())]
+        if not holders:
+            raise ValueError(f"no client holds class {cls}; nothing to score it on")
         rng = np.random.default_rng([fed.cfg.seed, 7919, k])
-        chosen = sorted(rng.choice(len(fed.clients), n_score, replace=False).tolist())
+        chosen = sorted(holders[i] for i in
+                        rng.choice(len(holders), min(n_score, len(holders)), replace=False))
         t0 = time.perf_counter()
         uploads = [local_proc(fed.model, fed.clients[c], fed.transform, num_classes,
                               max_samples=cfg.score_samples) for c in chosen]
         t1 = time.perf_counter()
         activations, counts = aggregate(uploads)
         if counts[cls] == 0:
-            raise ValueError(f"none of the {n_score} scoring clients holds class {cls}; "
-                             f"raise score_clients")
+            raise ValueError(f"the scoring clients' first {cfg.score_samples} samples hold no "
+                             f"image of class {cls}; raise score_samples")
         selected = select_channels(layer_scores(activations, cls), cfg.ratio,
                                    direction=cfg.direction, scope=cfg.scope, already=mask)
         t2 = time.perf_counter()
         mask = mask.union(selected)
         mask.apply(fed.model)
         info.append({"class": int(cls), "clients": chosen, "selected": len(selected),
-                     "local_proc_s": t1 - t0, "server_proc_s": t2 - t1})
+                     "local_proc_s": t1 - t0, "server_proc_s": t2 - t1,
+                     "after": fed.evaluate()})
     return mask, info

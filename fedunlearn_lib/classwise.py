@@ -1,0 +1,37 @@
+"""Class-wise test accuracy and how far two class-wise accuracy distributions lie apart."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import BatchTransform, ImageData
+from .mia import model_logits
+
+
+def per_class_accuracy(model: nn.Module, data: ImageData,
+                       transform: BatchTransform | None = None) -> np.ndarray:
+    """Test accuracy of ``model`` on each class of ``data`` (NaN for a class with no images)."""
+    transform = transform or BatchTransform(data.mean, data.std, data.test_x.device)
+    pred = model_logits(model, data.test_x, transform).argmax(1)
+    y = data.test_y.cpu()
+    hits = torch.bincount(y[pred == y], minlength=data.num_classes).double()
+    counts = torch.bincount(y, minlength=data.num_classes).double()
+    return (hits / counts).numpy()
+
+
+def accuracy_kl(reference: Sequence[float], other: Sequence[float],
+                eps: float = 1e-12) -> float:
+    """KL(reference ‖ other) between two class-wise accuracy vectors, each normalized to
+    sum to 1 (Table 5 of the paper; the retrained model is the reference)."""
+    p = np.asarray(reference, dtype=np.float64)
+    q = np.asarray(other, dtype=np.float64)
+    if p.shape != q.shape or p.ndim != 1 or len(p) == 0:
+        raise ValueError(f"need two accuracy vectors of one length, got shapes "
+                         f"{p.shape} and {q.shape}")
+    if (p < 0).any() or (q < 0).any() or p.sum() == 0 or q.sum() == 0:
+        raise ValueError("accuracies must be >= 0 and not all zero")
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(np.where(p > 0, p * np.log((p + eps) / (q + eps)), 0.0)))

@@ -1,0 +1,53 @@
+"""Information left in a model, beyond U-set accuracy: relearn time and the probe.
+
+U-set accuracy 0 may come from fine-tuning alone, so it cannot tell pruning from no
+pruning. Relearn time (federated rounds, with the forgotten classes back in the data,
+until the raw model's U-set accuracy is regained) and a linear probe on the frozen
+features measure what the model still knows; the retrained model is the reference.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+
+from .data import ImageData
+from .federated import FedConfig, Federation
+from .io import atomic_write_json
+from .probe import probe_accuracy
+
+
+def relearn_rounds(model: nn.Module, data: ImageData, cfg: FedConfig, forget: Sequence[int],
+                   target_u: float, max_rounds: int, device: str = "cpu",
+                   progress: bool = False) -> dict:
+    """Federated training of a copy of ``model`` on *all* classes until its U-set accuracy
+    reaches ``target_u``; ``rounds`` is ``None`` when ``max_rounds`` did not suffice."""
+    fed = Federation(copy.deepcopy(model), data, cfg, forget=forget, device=device,
+                     progress=progress, desc="relearn")
+    result = fed.train_until(target_u, max_rounds, key="u_acc")
+    return {"rounds": result.rounds_to_target, "budget": max_rounds,
+            "u_curve": [h["u_acc"] for h in result.history]}
+
+
+def information_left(name: str, model: nn.Module, data: ImageData, cfg: FedConfig,
+                     forget: Sequence[int], target_u: float, max_rounds: int,
+                     cache_dir: str | os.PathLike, device: str = "cpu") -> dict:
+    """Relearn time and probe accuracy of ``model``, cached in ``cache_dir/evidence_<name>.json``
+    (recomputed when the weights, target, budget or federation differ from the cached ones)."""
+    path = Path(cache_dir) / f"evidence_{name}.json"
+    fingerprint = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+    key = {"fingerprint": fingerprint, "target_u": target_u, "budget": max_rounds, "forget": list(forget),
+           "federation": asdict(cfg)}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["result"]
+    result = {"relearn": relearn_rounds(model, data, cfg, forget, target_u, max_rounds, device),
+              "probe": probe_accuracy(model, data, forget, seed=cfg.seed)}
+    atomic_write_json({"key": key, "result": result}, path)
+    return result
