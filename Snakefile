@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 PROFILE = config.get("profile", "quick")
 
 
@@ -44,10 +46,11 @@ def experiment(setting, dataset, model, q, seed, forget="9"):
 
 
 def papermill(notebook, output, params, threads):
-    """Execute notebooks/<notebook>.ipynb into ``output`` with papermill (-y parameters)."""
+    """Execute notebooks/<notebook>.ipynb into ``output`` with papermill (-y parameters,
+    as YAML: papermill reads them as YAML, where JSON's 1e-06 would become a string)."""
     params = {**params, "threads": threads}
     subprocess.run([sys.executable, "-m", "papermill", "--no-progress-bar", "--cwd", ".",
-                    "-y", json.dumps(params), f"notebooks/{notebook}.ipynb", output],
+                    "-y", yaml.safe_dump(params), f"notebooks/{notebook}.ipynb", output],
                    check=True)
 
 

@@ -29,13 +29,18 @@ def load_metrics(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 def _label(run: dict) -> dict:
     c = run["config"]
-    return {"dataset": c["dataset"], "model": c["model"],
+    dataset = c["dataset"]
+    if dataset == "imagefolder" and c.get("data_root"):  # name it after its folder
+        dataset = Path(c["data_root"]).name
+    return {"dataset": dataset, "model": c["model"],
             "forget": ",".join(map(str, c["forget"])), "q": c["federation"]["q"],
             "seed": c["federation"]["seed"], "direction": c["unlearning"]["direction"]}
 
 
 def table2(runs: list[dict]) -> pd.DataFrame:
-    """The paper's Table 2: U-/R-set accuracy (%) raw, after pruning, fine-tuned, retrained."""
+    """The paper's Table 2: U-/R-set accuracy (%) raw, after pruning, fine-tuned, retrained;
+    rounds and speedup under the paper's and the strict stop rule; U-set % at every
+    fine-tuning round."""
     rows = []
     for run in runs:
         row = _label(run)
@@ -46,6 +51,11 @@ def table2(runs: list[dict]) -> pd.DataFrame:
         row["rounds fine-tune"] = run["rounds_finetune"]
         row["rounds retrain"] = run["rounds_retrain"]
         row["speedup"] = None if run["speedup"] is None else round(run["speedup"], 2)
+        strict = run.get("speedup_strict")  # R-set at target and U-set <= strict_u, same round
+        row["rounds fine-tune strict"] = run.get("rounds_finetune_strict")
+        row["speedup strict"] = None if strict is None else round(strict, 2)
+        row["U by fine-tuning round"] = " ".join(f"{100 * h['u_acc']:.0f}"
+                                                 for h in run["history"]["finetune"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -82,10 +92,11 @@ def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
 
 
 def write_table(df: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
-    """Write ``df`` as ``stem.csv`` and ``stem.md`` (atomically)."""
+    """Write ``df`` as ``stem.csv`` and ``stem.md`` (atomically; "–" marks missing values)."""
     csv = atomic_write(Path(f"{stem}.csv"), lambda tmp: df.to_csv(tmp, index=False))
-    md = atomic_write(Path(f"{stem}.md"),
-                 lambda tmp: Path(tmp).write_text(df.to_markdown(index=False) + "\n"))
+    shown = df.astype(object).where(df.notna(), None)  # missing values print as "–"
+    md = atomic_write(Path(f"{stem}.md"), lambda tmp: Path(tmp).write_text(
+        shown.to_markdown(index=False, missingval="–") + "\n"))
     return [csv, md]
 
 

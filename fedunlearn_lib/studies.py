@@ -26,10 +26,11 @@ from .mia import FEATURES, membership_attack, model_logits
 from .procs import aggregate, local_proc
 from .pruning import (conv_flops, l1_scores, layer_scores, random_scores, remove_channels,
                       select_channels)
-from .unlearn import UnlearnConfig, prune_for_classes
+from .unlearn import prune_for_classes
 
 
 def pct(v: float | None) -> float | None:
+    """A fraction as a percentage with two decimals (None stays None)."""
     return None if v is None else round(100 * v, 2)
 
 
@@ -110,7 +111,7 @@ def fisher_row(run: Run, alpha: float, relearn_rounds: int, max_samples: int | N
                progress: bool = False) -> dict:
     """Our method and the Fisher-forgetting baseline on one run (one bias probability q)."""
     cfg, m = run.cfg, run.metrics
-    out = run.path / "fisher"
+    out = run.path / f"fisher_alpha{alpha:g}"
     out.mkdir(exist_ok=True)
     model = copy.deepcopy(run.raw)
     fed = Federation(model, run.data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,

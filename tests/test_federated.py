@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from fedunlearn_lib import FedConfig, Federation, build_model
 from fedunlearn_lib.data import BatchTransform
-from fedunlearn_lib.federated import client_generator
+from fedunlearn_lib.federated import client_generator, rounds_for
 
 
 def _params(model):
@@ -133,6 +133,23 @@ def test_train_until_stops_at_target(small_digits):
     f = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False)
     res = f.train_until(0.0, 5)
     assert res.rounds_to_target == 0 and res.rounds_run == 0
+
+
+def test_rounds_for_paper_and_strict_rules():
+    hist = [{"round": 0, "r_acc": 0.2, "u_acc": 0.9}, {"round": 1, "r_acc": 0.6, "u_acc": 0.3},
+            {"round": 2, "r_acc": 0.5, "u_acc": 0.0}, {"round": 3, "r_acc": 0.7, "u_acc": 0.005}]
+    assert rounds_for(hist, 0.55) == 1
+    assert rounds_for(hist, 0.55, max_u=0.01) == 3
+    assert rounds_for(hist, 0.8) is None
+    assert rounds_for(hist, 0.25, key="u_acc") == 0
+
+
+def test_strict_rule_trains_on_until_the_u_set_is_forgotten(small_digits):
+    cfg = FedConfig(num_clients=10, clients_per_round=5, batch_size=16)
+    f = Federation(build_model("resnet20", 10), small_digits, cfg, forget=[9], exclude=[9],
+                   progress=False)
+    res = f.train_until(0.0, 3, max_u=-1.0)  # a U-set bound no round can meet
+    assert res.rounds_to_target == 0 and res.rounds_strict is None and res.rounds_run == 3
 
 
 @pytest.mark.parametrize("field,value,msg", [

@@ -23,6 +23,7 @@ def test_table2_has_one_row_per_run_in_percent(tmp_path):
     assert list(t["forget"]) == ["0,9", "0,9"]
     assert t.loc[0, "raw U"] == 50.0 and t.loc[0, "retrained R"] == 30.0
     assert t.loc[0, "speedup"] == 7.25 and t["speedup"].isna().iloc[1]
+    assert t.loc[0, "U by fine-tuning round"] == "0 0 0 0"
     written = write_table(t, tmp_path / "table2")
     assert [w.suffix for w in written] == [".csv", ".md"]
     assert "| digits" in (tmp_path / "table2.md").read_text()

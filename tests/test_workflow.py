@@ -22,9 +22,15 @@ def test_paper_profile_plans_every_experiment(tmp_path):
     wd = _copy_workflow(tmp_path)
     out = subprocess.run(SNAKEMAKE + ["-n", "--cores", "all", "--config", "profile=paper"],
                          cwd=wd, capture_output=True, text=True, check=True).stdout
-    # 2 data sets x 8 models, one forget set each: 16 pretrain and 16 unlearn jobs
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    assert counts["pretrain"] == "16" and counts["unlearn"] == "16", out
+    # pretrain: 2 data sets x 8 models, plus the bias sweep's own settings (3 q per data set)
+    assert counts["pretrain"] == "22", out
+    # unlearn: 16 (Table 2) + 4 (classes 0 and 0+9 for ResNet-20/VGG-11, Tables 4-5)
+    # + 6 (bias sweep) + 14 (4 class sets x 4 models, 0+9 shared with Tables 4-5)
+    assert counts["unlearn"] == "40", out
+    for rule in ("feature_maps", "report", "mia", "kl_distribution", "bias_fisher",
+                 "multiclass", "ablations"):
+        assert counts[rule] == "1", rule
 
 
 @pytest.mark.slow
@@ -34,11 +40,17 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     fig = wd / "figures" / "smoke"
-    for name in ("fig2_feature_maps.png", "fig2_activations.pdf", "fig3_accuracy_curves.png",
-                 "table2.csv", "table2.md"):
+    figures = ("fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
+               "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations")
+    tables = ("table1", "table2", "table3", "table4", "table5", "table_ablations",
+              "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability")
+    for name in [f"{f}.{e}" for f in figures for e in ("png", "pdf")] + \
+            [f"{t}.{e}" for t in tables for e in ("csv", "md")]:
         assert (fig / name).stat().st_size > 0, name
-    assert (wd / "results/smoke/notebooks/03_unlearn_digits_resnet20_q0.1_seed0_forget9.ipynb"
-            ).exists()
+    notebooks = wd / "results/smoke/notebooks"
+    assert (notebooks / "03_unlearn_main_digits_resnet20_q0.1_seed0_forget9.ipynb").exists()
+    for nb in ("04_mia", "05_kl_distribution", "06_bias_fisher", "07_multiclass", "08_ablations"):
+        assert (notebooks / f"{nb}.ipynb").exists(), nb
     again = subprocess.run(SNAKEMAKE + ["-n", "--cores", "2", "--config", "profile=smoke"],
                            cwd=wd, capture_output=True, text=True, check=True)
     assert "Nothing to be done" in again.stdout + again.stderr
