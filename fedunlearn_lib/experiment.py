@@ -255,8 +255,7 @@ class Run:
     data: ImageData
     metrics: dict
     raw: torch.nn.Module
-    unlearned: torch.nn.Module
-    mask: ChannelMask
+    unlearned: torch.nn.Module  # pruned channels stay zero in its weights
     retrained: torch.nn.Module
 
 
@@ -279,5 +278,4 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     return Run(run_dir, cfg, data, metrics,
                raw=load(new_model(cfg, data.num_classes), metrics["pretrained_checkpoint"]),
                unlearned=load(pruned["model"], run_dir / "finetune.pt"),
-               mask=ChannelMask(pruned["mask"]),
                retrained=load(new_model(cfg, data.num_classes), run_dir / "retrain.pt"))

@@ -36,7 +36,7 @@ def test_memorized_members_are_detected_and_unseen_ones_are_not(kind):
     seen = membership_attack(members, nonmembers, (train_logits[120:], train_y[120:]), kind)
     unseen = membership_attack(members, nonmembers, (fresh_logits[120:], fresh_y[120:]), kind)
     assert seen["accuracy"] > 0.75 and seen["rate"] > 0.85, seen  # chance: 0.5
-    assert unseen["rate"] < 0.15, unseen
+    assert unseen["rate"] < 0.4 and seen["rate"] - unseen["rate"] > 0.5, (seen, unseen)
 
 
 @pytest.mark.parametrize("kind", FEATURES)
