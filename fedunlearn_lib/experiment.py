@@ -148,11 +148,12 @@ def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
 
 
 def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
-             mask: ChannelMask | None, checkpoint: Path, target: float,
+             mask: ChannelMask | None, checkpoint: Path, target: float | None,
              max_rounds: int | None = None, progress: bool = True,
              desc: str = "fine-tune") -> tuple[Federation, TrainResult]:
     """Federated training on the remaining classes until the strict stop rule holds
-    (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``), resumable."""
+    (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``), resumable;
+    ``target=None`` trains for the whole budget."""
     ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
                     mask=mask, device=cfg.device, checkpoint=checkpoint,
                     channels_last=cfg.channels_last, progress=progress, desc=desc)
