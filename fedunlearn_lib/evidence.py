@@ -41,8 +41,8 @@ def information_left(name: str, model: nn.Module, data: ImageData, cfg: FedConfi
     (recomputed when the weights, target, budget or federation differ from the cached ones)."""
     path = Path(cache_dir) / f"evidence_{name}.json"
     fingerprint = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
-    key = {"fingerprint": fingerprint, "target_u": target_u, "budget": max_rounds, "forget": list(forget),
-           "federation": asdict(cfg)}
+    key = {"fingerprint": fingerprint, "target_u": target_u, "budget": max_rounds,
+           "forget": list(forget), "federation": asdict(cfg)}
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:

@@ -245,11 +245,8 @@ class Federation:
             self.history.append({"round": 0, "loss": None, **self.evaluate()})
 
         def stop() -> bool:
-            if target is None:
-                return False
-            if max_u is None:
-                return rounds_for(self.history, target, key) is not None
-            return rounds_for(self.history, target, key, max_u) is not None
+            return target is not None and rounds_for(self.history, target, key,
+                                                     max_u) is not None
 
         first = self.round
         bar = tqdm(total=max_rounds, initial=self.round, desc=self.desc,

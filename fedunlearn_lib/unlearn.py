@@ -23,8 +23,8 @@ class UnlearnConfig:
     direction: str = "highest"
     scope: str = "global"
     apply: str = "mask"
-    score_clients: int | None = None  # clients running local proc (drawn among those
-    # holding the class); None = one round's worth
+    score_clients: int | None = None  # clients running local proc, drawn among the
+    # holders of the class; None = one round's worth
     score_samples: int | None = None  # per-client cap on local-proc samples; None = all
 
     def validate(self) -> None:
