@@ -1,6 +1,18 @@
 # Rebuilds the paper's tables and figures: snakemake --cores all [--config profile=NAME]
 # Profiles live in config/{smoke,quick,paper}.yaml; each rule runs one numbered notebook
 # with papermill and keeps the executed copy under results/<profile>/notebooks/.
+# Every rule declares threads and resources (gpu, mem_mb, runtime in minutes) from the
+# profile's resources:, so it also runs on a cluster, e.g. on Slurm:
+#   snakemake --profile profiles/slurm --config profile=paper
+#
+# Result identity: a run's folder names a short hash of every setting that changes its
+# result, so editing a profile rebuilds exactly what depends on the edit and keeps the old
+# results beside the new ones:
+#   results/<profile>/<setting>/<dataset>/<model>/q<q>/seed<seed>/p<P>/pretrain.pt
+#   results/<profile>/<setting>/<dataset>/<model>/q<q>/seed<seed>/p<P>/forget<f>-u<U>/metrics.json
+# P hashes the settings pretraining reads, U all settings of the run (see experiment());
+# the data root, the device and thread counts are not hashed.
+import hashlib
 import json
 import subprocess
 import sys
@@ -17,32 +29,87 @@ configfile: f"config/{PROFILE}.yaml"
 RES = f"results/{PROFILE}"
 FIG = f"figures/{PROFILE}"
 
+# Keys that only unlearning and fine-tuning read; pretraining ignores them.
+UNLEARN_ONLY = ("unlearning", "finetune_rounds", "target_r_acc", "strict_u")
+# Keys that do not change a result (where the data lies, what computes it): left out of
+# the settings a rule hashes and takes as params, and added back when the notebook runs.
+PLACEMENT = ("data_root", "device", "threads")
+
 
 def family(model):
     return "vgg" if model.startswith("vgg") else "resnet"
 
 
-def data_spec(dataset):
-    """(data set name for the loader, data root) for one data set of the grid."""
+def loader(dataset):
+    """The data set name the library's loader gets for one data set of the grid."""
     fmt = config.get("data_format") or dataset
     if fmt == "imagefolder" and len(config["datasets"]) > 1:
         raise ValueError("data_format=imagefolder needs a grid with a single data set")
-    return fmt, config.get("data_root")
+    return fmt
 
 
-def experiment(setting, dataset, model, q, seed, forget="9"):
-    """The experiment dict one notebook receives (see fedunlearn_lib.ExperimentConfig).
+def forget_sets(dataset):
+    """The data set's forget sets of the main grid, as path components (0-9)."""
+    return [f.replace(",", "-") for f in config["forget"][dataset]]
 
-    ``setting`` "bias" applies the bias sweep's federation overrides (Table 1)."""
-    fmt, root = data_spec(dataset)
-    base = json.loads(json.dumps(config["experiment"]))
+
+def experiment(setting, dataset, model, q, seed, forget):
+    """The result-changing settings of one run (see fedunlearn_lib.ExperimentConfig).
+
+    ``setting`` "bias" applies the bias sweep's overrides (Table 1)."""
+    base = {k: v for k, v in json.loads(json.dumps(config["experiment"])).items()
+            if k not in PLACEMENT}
     if setting == "bias":
-        base["federation"].update(config["bias"].get("federation") or {})
+        for part in ("federation", "unlearning"):
+            base[part].update(config["bias"].get(part) or {})
     base["federation"].update(q=float(q), seed=int(seed))
     base["unlearning"]["ratio"] = config["ratio"][dataset][family(model)]
-    return {**base, "dataset": fmt, "data_root": root, "model": model,
-            "forget": [int(c) for c in forget.split("-")],
-            "device": config.get("device", "cpu")}
+    exp = {**base, "dataset": loader(dataset), "model": model,
+           "forget": [int(c) for c in forget.split("-")]}
+    # keys sorted: Snakemake compares params by repr, so a profile whose keys come in
+    # another order (e.g. a --configfile written by yaml.safe_dump) reruns nothing
+    return json.loads(json.dumps(exp, sort_keys=True))
+
+
+def pretrain_experiment(setting, dataset, model, q, seed):
+    """The settings pretraining reads; its U-set (left out of the plateau rule's R-set
+    accuracy) is the data set's first forget set of the main grid, for every run."""
+    exp = experiment(setting, dataset, model, q, seed, forget_sets(dataset)[0])
+    return {k: v for k, v in exp.items() if k not in UNLEARN_ONLY}
+
+
+def placed(exp):
+    """``exp`` as a notebook receives it: with the data root and the device."""
+    return {**exp, "data_root": config.get("data_root"), "device": config.get("device", "cpu")}
+
+
+def settings_hash(exp):
+    """8 hex digits of the sha256 of ``exp``'s canonical JSON (a path component)."""
+    blob = json.dumps(exp, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def checked(kind, wildcard, exp):
+    """``exp`` if the path's hash ``wildcard`` is the one the profile gives; else an error."""
+    expected = settings_hash(exp)
+    if wildcard != expected:
+        raise ValueError(
+            f"{kind} hash {wildcard} in the requested path does not match profile "
+            f"'{PROFILE}', whose settings hash to {expected}: the path was made with other "
+            f"settings; ask for the workflow's own targets (e.g. snakemake --config "
+            f"profile={PROFILE})")
+    return exp
+
+
+def pretrain_params(wc):
+    exp = pretrain_experiment(wc.setting, wc.dataset, wc.model, wc.q, wc.seed)
+    return checked("pretraining", wc.phash, exp)
+
+
+def unlearn_params(wc):
+    pretrain_params(wc)
+    exp = experiment(wc.setting, wc.dataset, wc.model, wc.q, wc.seed, wc.forget)
+    return checked("unlearning", wc.uhash, exp)
 
 
 def papermill(notebook, output, params, threads):
@@ -54,33 +121,66 @@ def papermill(notebook, output, params, threads):
                    check=True)
 
 
+def resources_of(kind):
+    """gpu, mem_mb and runtime (minutes) of one kind of rule: the profile's resources.<kind>
+    (kinds: pretrain, unlearn, study, report)."""
+    return {k: v for k, v in config["resources"][kind].items() if k != "threads"}
+
+
+def threads_of(kind):
+    return config["resources"][kind]["threads"]
+
+
 EXP = RES + "/{setting}/{dataset}/{model}/q{q}/seed{seed}"
+PRE = EXP + "/p{phash}"
+RUN = PRE + "/forget{forget}-u{uhash}"
+NB = RES + "/notebooks"
+NAME = "{setting}_{dataset}_{model}_q{q}_seed{seed}_p{phash}"  # executed notebooks
 
 
 wildcard_constraints:
     setting="main|bias",
     dataset="[^/]+",
     model="[^/]+",
+    q="[0-9.]+",
+    seed="[0-9]+",
+    forget="[0-9]+(-[0-9]+)*",
+    phash="[0-9a-f]{8}",
+    uhash="[0-9a-f]{8}",
 
 
-def run_dir(dataset, model, forget, q=None, setting="main"):
-    """Output folder of one unlearning run (first seed; q defaults to the grid's first)."""
-    q = config["q"][0] if q is None else q
-    return f"{RES}/{setting}/{dataset}/{model}/q{q}/seed{config['seeds'][0]}/forget{forget}"
+def pretrain_dir(setting, dataset, model, q, seed):
+    """Output folder of one pretraining."""
+    p = settings_hash(pretrain_experiment(setting, dataset, model, q, seed))
+    return f"{RES}/{setting}/{dataset}/{model}/q{q}/seed{seed}/p{p}"
 
 
-GRID = [(d, m, q, s, f.replace(",", "-")) for d in config["datasets"] for m in config["models"]
-        for q in config["q"] for s in config["seeds"] for f in config["forget"][d]]
-METRICS = [f"{RES}/main/{d}/{m}/q{q}/seed{s}/forget{f}/metrics.json" for d, m, q, s, f in GRID]
-FM = config["feature_maps"]
-FM_CKPT = (f"{RES}/main/{config['datasets'][0]}/{FM['model']}/q{config['q'][0]}/"
-           f"seed{config['seeds'][0]}/pretrain.pt")
+def run_dir(dataset, model, forget, q=None, setting="main", seed=None):
+    """Output folder of one unlearning run (q and seed default to the data set's first)."""
+    q = config["q"][dataset][0] if q is None else q
+    seed = config["seeds"][0] if seed is None else seed
+    u = settings_hash(experiment(setting, dataset, model, q, seed, forget))
+    return f"{pretrain_dir(setting, dataset, model, q, seed)}/forget{forget}-u{u}"
+
+
+def metrics_of(runs):
+    return [f"{r}/metrics.json" for r in runs]
+
+
 D0 = config["datasets"][0]  # the data set of Tables 3-5 and the ablations (CIFAR-10)
-# Tables 4 and 5: per model, the forget sets attacked and compared
+# Table 2 and Figure 3: every data set x model x q x seed x forget set of the grid
+GRID = [(d, m, q, s, f) for d in config["datasets"] for m in config["models"]
+        for q in config["q"][d] for s in config["seeds"] for f in forget_sets(d)]
+METRICS = metrics_of(run_dir(d, m, f, q, seed=s) for d, m, q, s, f in GRID)
+FM = config["feature_maps"]
+FM_PRE = ("main", D0, FM["model"], config["q"][D0][0], config["seeds"][0])  # its pretraining
+FM_CKPT = pretrain_dir(*FM_PRE) + "/pretrain.pt"
+# Table 4 (MIA) and Table 5 (KL): per model, the forget sets attacked and compared
 MIA_RUNS = [run_dir(D0, m, f) for m, fs in config["mia"].items() for f in fs]
-# Table 1: the bias sweep, per data set; its own federation settings when overridden
+KL_RUNS = [run_dir(D0, m, f) for m, fs in config.get("kl", config["mia"]).items() for f in fs]
+# Table 1: the bias sweep, per data set; setting "bias" when it overrides any settings
 BIAS = config["bias"]
-BIAS_SETTING = "bias" if BIAS.get("federation") else "main"
+BIAS_SETTING = "bias" if BIAS.get("federation") or BIAS.get("unlearning") else "main"
 BIAS_RUNS = [run_dir(d, BIAS["model"], BIAS["forget"][d], q, BIAS_SETTING)
              for d in config["datasets"] for q in BIAS["q"][d]]
 # Tables 3 and 6, Figure 4: several classes at once
@@ -88,13 +188,14 @@ MULTI_RUNS = [run_dir(D0, m, f) for m, fs in config["multiclass"].items() for f 
 ABL = config["ablations"]
 ABL_RUN = run_dir(D0, ABL["model"], ABL["forget"])
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_ablations",
-          "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability"]
+          "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
+          "table_idf_readings"]
 FIGURES = ["fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
            "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations"]
 
 
-def metrics_of(runs):
-    return [f"{r}/metrics.json" for r in runs]
+localrules:
+    all,
 
 
 rule all:
@@ -105,30 +206,33 @@ rule all:
 
 rule pretrain:
     output:
-        ckpt=EXP + "/pretrain.pt",
-        notebook=RES + "/notebooks/02_pretrain_{setting}_{dataset}_{model}_q{q}_seed{seed}.ipynb",
-    threads: config["threads"]
+        ckpt=PRE + "/pretrain.pt",
+        notebook=f"{NB}/02_pretrain_{NAME}.ipynb",
+    params:
+        experiment=pretrain_params,
+    threads: threads_of("pretrain")
+    resources:
+        **resources_of("pretrain"),
     run:
         papermill("02_pretrain", output.notebook,
-                  {"experiment": experiment(wildcards.setting, wildcards.dataset,
-                                            wildcards.model, wildcards.q, wildcards.seed),
+                  {"experiment": placed(params.experiment),
                    "out_dir": str(Path(output.ckpt).parent)}, threads)
 
 
 rule unlearn:
     input:
-        pretrained=EXP + "/pretrain.pt",
+        pretrained=PRE + "/pretrain.pt",
     output:
-        metrics=EXP + "/forget{forget}/metrics.json",
-        notebook=RES
-        + "/notebooks/03_unlearn_{setting}_{dataset}_{model}_q{q}_seed{seed}_forget{forget}.ipynb",
-    threads: config["threads"]
+        metrics=RUN + "/metrics.json",
+        notebook=f"{NB}/03_unlearn_{NAME}_forget{{forget}}-u{{uhash}}.ipynb",
+    params:
+        experiment=unlearn_params,
+    threads: threads_of("unlearn")
+    resources:
+        **resources_of("unlearn"),
     run:
         papermill("03_unlearn", output.notebook,
-                  {"experiment": experiment(wildcards.setting, wildcards.dataset,
-                                            wildcards.model, wildcards.q, wildcards.seed,
-                                            wildcards.forget),
-                   "pretrained": input.pretrained,
+                  {"experiment": placed(params.experiment), "pretrained": input.pretrained,
                    "out_dir": str(Path(output.metrics).parent)}, threads)
 
 
@@ -138,14 +242,17 @@ rule feature_maps:
     output:
         expand(FIG + "/{name}.{ext}", ext=["png", "pdf"],
                name=["fig2_feature_maps", "fig2_activations"]),
-        notebook=RES + "/notebooks/01_feature_maps.ipynb",
-    threads: config["threads"]
+        notebook=f"{NB}/01_feature_maps.ipynb",
+    params:
+        experiment=pretrain_experiment(*FM_PRE),
+        figure={"target": FM["target"], "show_classes": FM["classes"]},
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
     run:
-        exp = experiment("main", config["datasets"][0], FM["model"], config["q"][0], config["seeds"][0],
-                         str(FM["target"]))
         papermill("01_feature_maps", output.notebook,
-                  {"experiment": exp, "checkpoint": input.checkpoint, "target": FM["target"],
-                   "show_classes": FM["classes"], "figure_dir": FIG}, threads)
+                  {"experiment": placed(params.experiment), "checkpoint": input.checkpoint,
+                   **params.figure, "figure_dir": FIG}, threads)
 
 
 rule report:
@@ -154,34 +261,44 @@ rule report:
     output:
         expand(FIG + "/fig3_accuracy_curves.{ext}", ext=["png", "pdf"]),
         expand(FIG + "/table2.{ext}", ext=["csv", "md"]),
-        notebook=RES + "/notebooks/09_report.ipynb",
-    threads: 1
+        notebook=f"{NB}/09_report.ipynb",
+    threads: threads_of("report")
+    resources:
+        **resources_of("report"),
     run:
         papermill("09_report", output.notebook,
                   {"metrics_files": list(input), "figure_dir": FIG}, threads)
 
 
-def study(notebook, runs, tables=(), figures=()):
-    """Input/output spec of one study notebook reading finished runs."""
+def study(notebook, runs, tables=(), figures=(), **params):
+    """Input/output spec of one study notebook reading finished runs; ``params`` are its
+    parameters (one dict: Snakemake compares params by value without their names)."""
     return {"runs": metrics_of(runs),
             "out": expand(FIG + "/{name}.{ext}", ext=["csv", "md"], name=list(tables))
             + expand(FIG + "/{name}.{ext}", ext=["png", "pdf"], name=list(figures)),
-            "notebook": f"{RES}/notebooks/{notebook}.ipynb"}
+            "notebook": f"{NB}/{notebook}.ipynb", "params": params}
 
 
-def run_study(notebook, metrics, output_notebook, threads, **params):
+def run_study(notebook, metrics, output_notebook, threads, params):
+    """Execute a study notebook on the run folders of ``metrics`` with ``params``."""
     papermill(notebook, output_notebook,
               {"runs": [str(Path(m).parent) for m in metrics], "figure_dir": FIG, **params},
               threads)
 
 
 MIA = study("04_mia", MIA_RUNS, ["table4"])
-KL = study("05_kl_distribution", MIA_RUNS, ["table5"], ["fig5_class_accuracy"])
-BIAS_STUDY = study("06_bias_fisher", BIAS_RUNS, ["table1"])
-MULTI = study("07_multiclass", MULTI_RUNS, ["table3"], ["fig4_multiclass_curves"])
+KL = study("05_kl_distribution", KL_RUNS, ["table5"], ["fig5_class_accuracy"])
+BIAS_STUDY = study("06_bias_fisher", BIAS_RUNS, ["table1"], **BIAS.get("fisher", {}),
+                   fisher_samples=BIAS.get("fisher_samples"),
+                   relearn_rounds=config["relearn_rounds"])
+MULTI = study("07_multiclass", MULTI_RUNS, ["table3"], ["fig4_multiclass_curves"],
+              relearn_rounds=config["relearn_rounds"])
 ABLATIONS = study("08_ablations", [ABL_RUN], ["table_ablations", "table_ablation_ratio",
-                                             "table_ablation_apply",
-                                             "table_ablation_stability"], ["fig_ablations"])
+                                             "table_ablation_apply", "table_ablation_stability",
+                                             "table_idf_readings"],
+                  ["fig_ablations"], relearn_rounds=config["relearn_rounds"],
+                  budget=ABL["rounds"], ratios=ABL["ratios"], clients=ABL["clients"],
+                  repeats=ABL["repeats"], noniid_q=ABL["noniid_q"])
 
 
 rule mia:
@@ -190,9 +307,13 @@ rule mia:
     output:
         MIA["out"],
         notebook=MIA["notebook"],
-    threads: config["threads"]
+    params:
+        study=MIA["params"],
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
     run:
-        run_study("04_mia", input, output.notebook, threads)
+        run_study("04_mia", input, output.notebook, threads, params.study)
 
 
 rule kl_distribution:
@@ -201,9 +322,13 @@ rule kl_distribution:
     output:
         KL["out"],
         notebook=KL["notebook"],
-    threads: config["threads"]
+    params:
+        study=KL["params"],
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
     run:
-        run_study("05_kl_distribution", input, output.notebook, threads)
+        run_study("05_kl_distribution", input, output.notebook, threads, params.study)
 
 
 rule bias_fisher:
@@ -212,11 +337,13 @@ rule bias_fisher:
     output:
         BIAS_STUDY["out"],
         notebook=BIAS_STUDY["notebook"],
-    threads: config["threads"]
+    params:
+        study=BIAS_STUDY["params"],
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
     run:
-        run_study("06_bias_fisher", input, output.notebook, threads,
-                  alpha=float(BIAS["alpha"]), relearn_rounds=config["relearn_rounds"],
-                  fisher_samples=BIAS.get("fisher_samples"))
+        run_study("06_bias_fisher", input, output.notebook, threads, params.study)
 
 
 rule multiclass:
@@ -225,10 +352,13 @@ rule multiclass:
     output:
         MULTI["out"],
         notebook=MULTI["notebook"],
-    threads: config["threads"]
+    params:
+        study=MULTI["params"],
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
     run:
-        run_study("07_multiclass", input, output.notebook, threads,
-                  relearn_rounds=config["relearn_rounds"])
+        run_study("07_multiclass", input, output.notebook, threads, params.study)
 
 
 rule ablations:
@@ -237,9 +367,10 @@ rule ablations:
     output:
         ABLATIONS["out"],
         notebook=ABLATIONS["notebook"],
-    threads: config["threads"]
+    params:
+        study=ABLATIONS["params"],
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
     run:
-        run_study("08_ablations", input, output.notebook, threads,
-                  relearn_rounds=config["relearn_rounds"], budget=ABL["rounds"],
-                  ratios=ABL["ratios"], clients=ABL["clients"], repeats=ABL["repeats"],
-                  noniid_q=ABL["noniid_q"])
+        run_study("08_ablations", input, output.notebook, threads, params.study)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import atomic_torch_save
+from .io import atomic_torch_save, digest, load_blob
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 _CIFAR = {
@@ -42,6 +43,8 @@ class ImageData:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    val_x: torch.Tensor | None = None  # validation split (decisions), held out of test
+    val_y: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -49,8 +52,29 @@ class ImageData:
 
     def to(self, device: torch.device | str) -> "ImageData":
         """Move all tensors to ``device`` (images stay uint8)."""
-        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
-                       test_x=self.test_x.to(device), test_y=self.test_y.to(device))
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x",
+                                                          "test_y", "val_x", "val_y")
+                 if getattr(self, k) is not None}
+        return replace(self, **moved)
+
+    def with_validation(self, fraction: float, seed: int = 0) -> "ImageData":
+        """Move a class-balanced ``fraction`` of every class's test images (at random, fixed
+        ``seed``) into a validation split; the rest stays the test split."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"validation fraction must lie in (0, 1), got {fraction!r}")
+        if self.val_y is not None:
+            raise ValueError("this data set already has a validation split")
+        g = torch.Generator().manual_seed(seed)
+        y = self.test_y.cpu()
+        val = []
+        for c in range(self.num_classes):
+            idx = torch.nonzero(y == c).flatten()
+            val.append(idx[torch.randperm(len(idx), generator=g)[:int(fraction * len(idx))]])
+        is_val = torch.zeros(len(y), dtype=torch.bool)
+        is_val[torch.cat(val)] = True
+        is_val = is_val.to(self.test_y.device)
+        return replace(self, test_x=self.test_x[~is_val], test_y=self.test_y[~is_val],
+                       val_x=self.test_x[is_val], val_y=self.test_y[is_val])
 
     def subset(self, train_per_class: int | None = None, test_per_class: int | None = None,
                seed: int = 0) -> "ImageData":
@@ -67,6 +91,12 @@ class ImageData:
         tr, te = pick(self.train_y, train_per_class), pick(self.test_y, test_per_class)
         return replace(self, train_x=self.train_x[tr], train_y=self.train_y[tr],
                        test_x=self.test_x[te], test_y=self.test_y[te])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Digest of every image, label, class name and normalization: the data's identity."""
+        return digest([self.classes, self.mean, self.std, self.train_x, self.train_y,
+                       self.test_x, self.test_y, self.val_x, self.val_y])
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = True,
@@ -150,20 +180,34 @@ def _load_imagefolder(root: Path, cache_dir: str | os.PathLike | None) -> ImageD
     classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
     cache = Path(cache_dir or os.environ.get("FEDUNLEARN_CACHE",
                                              Path.home() / ".cache" / "fedunlearn"))
-    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    cache_file = cache / f"imagefolder-{digest}.pt"
+    name = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    cache_file = cache / f"imagefolder-{name}.pt"
+    listing = _listing_digest(root)
     if cache_file.exists():
-        blob = torch.load(cache_file)
-        if tuple(blob["classes"]) == classes:
-            return ImageData(**blob)
+        blob = load_blob(cache_file)
+        if blob.get("listing") == listing:  # the same files, sizes and times: still valid
+            return ImageData(**blob["data"])
     trx, try_ = _decode_split(root / "train", classes)
     tex, tey = _decode_split(root / "test", classes)
     xf = trx[:: max(1, len(trx) // 10000)].float() / 255
     mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
     std = tuple(xf.std(dim=(0, 2, 3)).tolist())
     data = ImageData(trx, try_, tex, tey, classes, mean, std)
-    atomic_torch_save(data.__dict__, cache_file)
+    atomic_torch_save({"listing": listing,
+                       "data": {f.name: getattr(data, f.name) for f in fields(data)}}, cache_file)
     return data
+
+
+def _listing_digest(root: Path) -> str:
+    """Digest of every file's relative path, size and modification time under ``root``."""
+    entries = []
+    for split in ("train", "test"):
+        for dirpath, _, files in os.walk(root / split):
+            for f in files:
+                st = os.stat(os.path.join(dirpath, f))
+                entries.append((os.path.relpath(os.path.join(dirpath, f), root), st.st_size,
+                                st.st_mtime_ns))
+    return digest(sorted(entries))
 
 
 def _decode_split(folder: Path, classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .data import ImageData
 from .federated import FedConfig, Federation
-from .io import atomic_write_json
+from .io import atomic_write_json, state_digest
 from .probe import probe_accuracy
 
 
@@ -38,13 +38,15 @@ def information_left(name: str, model: nn.Module, data: ImageData, cfg: FedConfi
                      forget: Sequence[int], target_u: float, max_rounds: int,
                      cache_dir: str | os.PathLike, device: str = "cpu") -> dict:
     """Relearn time and probe accuracy of ``model``, cached in ``cache_dir/evidence_<name>.json``
-    (recomputed when the weights, target, budget or federation differ from the cached ones)."""
+    (recomputed unless the weights, data, target, budget and federation all match)."""
     path = Path(cache_dir) / f"evidence_{name}.json"
-    fingerprint = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
-    key = {"fingerprint": fingerprint, "target_u": target_u, "budget": max_rounds,
-           "forget": list(forget), "federation": asdict(cfg)}
+    key = {"weights": state_digest(model), "data": data.fingerprint, "target_u": target_u,
+           "budget": max_rounds, "forget": list(forget), "federation": asdict(cfg)}
     if path.exists():
-        cached = json.loads(path.read_text())
+        try:
+            cached = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is truncated or corrupted ({err}); delete it") from err
         if cached.get("key") == key:
             return cached["result"]
     result = {"relearn": relearn_rounds(model, data, cfg, forget, target_u, max_rounds, device),

@@ -14,7 +14,7 @@ import yaml
 
 from .data import DATASETS, ImageData, load_dataset
 from .federated import FedConfig, Federation, TrainResult, load_state, rounds_for
-from .io import atomic_torch_save, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json, check_identity, load_blob, state_digest
 from .masking import ChannelMask
 from .models import MODELS, build_model
 from .pruning import conv_flops, count_conv_channels, remove_channels
@@ -29,12 +29,16 @@ class ExperimentConfig:
     data_root: str | None = None
     model: str = "resnet20"
     forget: list[int] = field(default_factory=lambda: [9])
-    rounds: int = 20  # pretraining budget; retraining gets the same
+    rounds: int = 20  # pretraining budget (the cap, with patience); retraining gets the same
+    patience: int | None = None  # stop pre-/retraining after this many rounds without gain
+    # in validation R-set accuracy (a plateau); None = train for all `rounds`
     finetune_rounds: int | None = None  # None = rounds
     target_r_acc: float | None = None  # None = what retraining reaches
     strict_u: float = 0.01  # strict stop rule: U-set accuracy <= this in the target round
     train_per_class: int | None = None  # class-balanced subset; None = all
     test_per_class: int | None = None
+    val_fraction: float = 0.0  # of each class's test images held out for decisions
+    # (stop rules, target); 0 = no validation split, decide on the test split
     device: str = "cpu"
     threads: int | None = None
     channels_last: bool = False
@@ -87,6 +91,10 @@ class ExperimentConfig:
                 raise ValueError("forget must leave at least one class")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.strict_u <= 1.0:
             raise ValueError(f"strict_u must lie in [0, 1], got {self.strict_u}")
         if self.target_r_acc is not None and not 0.0 < self.target_r_acc <= 1.0:
@@ -118,7 +126,18 @@ def prepare_data(cfg: ExperimentConfig) -> ImageData:
     cfg.validate(data.num_classes)
     if cfg.train_per_class or cfg.test_per_class:
         data = data.subset(cfg.train_per_class, cfg.test_per_class, seed=cfg.federation.seed)
+    if cfg.val_fraction:
+        data = data.with_validation(cfg.val_fraction, seed=VAL_SEED)
     return data
+
+
+VAL_SEED = 0  # one validation split for every run, so all report on the same test images
+
+
+def identity(cfg: ExperimentConfig) -> dict:
+    """The settings named in a checkpoint's identity beside the data's fingerprint."""
+    return {"dataset": cfg.dataset, "model": cfg.model, "train_per_class": cfg.train_per_class,
+            "test_per_class": cfg.test_per_class, "val_fraction": cfg.val_fraction}
 
 
 def new_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
@@ -129,21 +148,23 @@ def new_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
 
 def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
              progress: bool = True) -> Federation:
-    """Federated training on all classes for ``cfg.rounds`` rounds (resumable)."""
+    """Federated training on all classes for ``cfg.rounds`` rounds, or to a plateau with
+    ``cfg.patience`` (resumable)."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
-                     device=cfg.device, checkpoint=checkpoint,
+                     device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
                      channels_last=cfg.channels_last, progress=progress, desc="pretrain")
-    fed.train_until(None, cfg.rounds)
+    fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
 
 def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
             progress: bool = True) -> Federation:
-    """The baseline: from scratch, remaining classes only, same round budget."""
+    """The baseline: from scratch, remaining classes only, same budget and plateau rule."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      exclude=cfg.forget, device=cfg.device, checkpoint=out / "retrain.pt",
-                     channels_last=cfg.channels_last, progress=progress, desc="retrain")
-    fed.train_until(None, cfg.rounds)
+                     identity=identity(cfg), channels_last=cfg.channels_last,
+                     progress=progress, desc="retrain")
+    fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
 
@@ -152,10 +173,10 @@ def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
              max_rounds: int | None = None, progress: bool = True,
              desc: str = "fine-tune") -> tuple[Federation, TrainResult]:
     """Federated training on the remaining classes until the strict stop rule holds
-    (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``), resumable;
-    ``target=None`` trains for the whole budget."""
+    (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``, on the validation
+    split when there is one), resumable; ``target=None`` trains for the whole budget."""
     ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
-                    mask=mask, device=cfg.device, checkpoint=checkpoint,
+                    mask=mask, device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
                     channels_last=cfg.channels_last, progress=progress, desc=desc)
     result = ft.train_until(target, max_rounds or cfg.finetune_rounds or cfg.rounds,
                             max_u=cfg.strict_u)
@@ -170,23 +191,29 @@ def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | Non
 
 
 def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
-    """Score and prune a copy of the pretrained model; cached in ``out/pruned.pt``."""
+    """Score and prune a copy of the pretrained model; cached in ``out/pruned.pt`` and
+    reused only when the unlearning settings, the pretrained weights and the data match."""
     path = out / "pruned.pt"
+    key = {**identity(cfg), "forget": list(cfg.forget), "unlearning": asdict(cfg.unlearning),
+           "federation": asdict(cfg.federation), "data": pretrained.data.fingerprint,
+           "pretrained_weights": state_digest(pretrained.model)}
     if path.exists():
-        return torch.load(path, map_location=cfg.device, weights_only=False)
+        blob = load_blob(path, cfg.device)
+        check_identity(path, key, blob.get("identity"))
+        return blob
     pruned_model = pretrained.model
     original = copy.deepcopy(pruned_model)
     t0 = time.perf_counter()
     mask, per_class = prune_for_classes(pretrained, cfg.forget, cfg.unlearning)  # masks in place
     t_score = time.perf_counter() - t0
-    after_mask = pretrained.evaluate()
+    after_mask = pretrained.scores()
     pretrained.model = original  # leave the pretrained federation as it was
     t0 = time.perf_counter()
     removed, keep = 0, mask
     if cfg.unlearning.apply == "remove":
         example = torch.zeros(1, 3, 32, 32, device=cfg.device)
         pruned_model, keep, removed = remove_channels(pruned_model, mask, example)
-    blob = {"model": pruned_model, "mask": keep.state(), "selected": mask.state(),
+    blob = {"identity": key, "model": pruned_model, "mask": keep.state(), "selected": mask.state(),
             "per_class": per_class, "metrics": after_mask,
             "channels": {"total": count_conv_channels(original), "selected": len(mask),
                          "removed": removed, "masked": len(keep)},
@@ -214,21 +241,22 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
     atomic_write_json(asdict(cfg), out / "config.json")
 
     pre = pretrain(cfg, data, Path(pretrained) if pretrained else out / "pretrain.pt", progress)
-    raw = pre.evaluate()
+    raw = pre.scores()
     re = retrain(cfg, data, out, progress)
-    retrained = re.evaluate()
-    target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained["r_acc"]
+    retrained = re.scores()
+    decide = re.decision_key  # the stop rules read the validation split when there is one
+    target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained[decide]
 
     pruned = prune(cfg, pre, out)
     ft, result = finetune(cfg, data, pruned["model"], ChannelMask(pruned["mask"]),
                           out / "finetune.pt", target, progress=progress)
-    finetuned = ft.evaluate()
+    finetuned = ft.scores()
 
-    rounds_retrain = rounds_for(re.history, target)
-    strict_retrain = rounds_for(re.history, target, max_u=cfg.strict_u)
+    rounds_retrain = rounds_for(re.history, target, decide)
+    strict_retrain = rounds_for(re.history, target, decide, max_u=cfg.strict_u)
     metrics = {
         "raw": raw, "pruned": pruned["metrics"], "finetuned": finetuned, "retrained": retrained,
-        "target_r_acc": target, "rounds_pretrain": pre.round,
+        "target_r_acc": target, "decided_on": decide, "rounds_pretrain": pre.round,
         "rounds_finetune": result.rounds_to_target, "rounds_finetune_run": result.rounds_run,
         "rounds_retrain": rounds_retrain, "speedup": speedup(rounds_retrain,
                                                              result.rounds_to_target),
@@ -271,11 +299,11 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     data = prepare_data(cfg)
 
     def load(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-        blob = torch.load(path, map_location=cfg.device, weights_only=False)
+        blob = load_blob(path, cfg.device)
         load_state(model, blob["model"], path)
         return model.to(cfg.device).eval()
 
-    pruned = torch.load(run_dir / "pruned.pt", map_location=cfg.device, weights_only=False)
+    pruned = load_blob(run_dir / "pruned.pt", cfg.device)
     return Run(run_dir, cfg, data, metrics,
                raw=load(new_model(cfg, data.num_classes), metrics["pretrained_checkpoint"]),
                unlearned=load(pruned["model"], run_dir / "finetune.pt"),

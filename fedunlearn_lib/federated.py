@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BatchTransform, ImageData
-from .io import atomic_torch_save
+from .io import atomic_torch_save, check_identity, digest, load_blob, state_digest
 from .masking import ChannelMask
 from .partition import fang_partition
 
@@ -84,13 +84,16 @@ class Federation:
     ``forget`` splits the test set into the U-set (those classes) and the R-set (the rest).
     ``mask`` keeps pruned channels at zero after every local step and every aggregation.
     ``partition`` (one index tensor per client) replaces the Fang split when given.
+    A checkpoint records the federation's identity (config, data fingerprint, excluded
+    classes, mask, starting weights, plus ``identity``'s own keys) and is resumed only
+    when it matches exactly; otherwise a ``ValueError`` names the keys that differ.
     """
 
     def __init__(self, model: nn.Module, data: ImageData, cfg: FedConfig, *,
                  forget: Sequence[int] = (), exclude: Sequence[int] = (),
                  mask: ChannelMask | None = None, device: torch.device | str = "cpu",
                  partition: list[torch.Tensor] | None = None,
-                 checkpoint: str | os.PathLike | None = None,
+                 checkpoint: str | os.PathLike | None = None, identity: dict | None = None,
                  channels_last: bool = False, progress: bool = True, desc: str = "rounds") -> None:
         cfg.validate()
         self.cfg, self.device, self.progress, self.desc = cfg, torch.device(device), progress, desc
@@ -116,11 +119,16 @@ class Federation:
             self.clients.append(ClientData(cid, self.data.train_x[idx], self.data.train_y[idx]))
         u = torch.zeros(data.num_classes, dtype=torch.bool)
         u[list(forget)] = True
-        self._u_test = u.to(self.device)[self.data.test_y]
+        self._in_u = u.to(self.device)
         self.round = 0
         self.elapsed = 0.0  # wall-clock seconds spent in train_until, across resumes
         self.history: list[dict] = []
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.identity = None if self.checkpoint is None else {
+            **(identity or {}), "federation": asdict(cfg), "data": data.fingerprint,
+            "exclude": sorted(int(c) for c in exclude), "mask": self.mask.state(),
+            "partition": None if partition is None else digest(partition),
+            "start_weights": state_digest(self.model)}
         self.server_opt = None
         if cfg.algorithm == "fedsgd":
             self.server_opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr,
@@ -214,37 +222,66 @@ class Federation:
         return loss_sum.item() / total
 
     # ------------------------------------------------------------ evaluation
+    @property
+    def decision_key(self) -> str:
+        """The history key that stop rules read: validation R-set accuracy when the data
+        has a validation split, else test R-set accuracy."""
+        return "r_acc" if self.data.val_y is None else "val_r_acc"
+
     @torch.inference_mode()
-    def evaluate(self, batch_size: int = 1000) -> dict[str, float | None]:
-        """Test accuracy on the U-set (forgotten classes) and the R-set (the rest)."""
+    def evaluate(self, batch_size: int = 1000, split: str = "test") -> dict[str, float | None]:
+        """Accuracy on the U-set (forgotten classes) and the R-set (the rest) of the
+        ``"test"`` or ``"val"`` split."""
+        if split not in ("test", "val"):
+            raise ValueError(f"unknown split {split!r}; choose test or val")
+        xs, ys = (self.data.test_x, self.data.test_y) if split == "test" else \
+            (self.data.val_x, self.data.val_y)
+        if ys is None:
+            raise ValueError("this data set has no validation split (set val_fraction)")
         self.model.eval()
         correct = []
-        for s in range(0, len(self.data.test_y), batch_size):
-            x = self.transform(self.data.test_x[s:s + batch_size])
-            correct.append(self.model(x).argmax(1) == self.data.test_y[s:s + batch_size])
+        for s in range(0, len(ys), batch_size):
+            x = self.transform(xs[s:s + batch_size])
+            correct.append(self.model(x).argmax(1) == ys[s:s + batch_size])
         hit = torch.cat(correct)
-        u, r = hit[self._u_test], hit[~self._u_test]
+        in_u = self._in_u[ys]
+        u, r = hit[in_u], hit[~in_u]
         return {"u_acc": u.float().mean().item() if len(u) else None,
                 "r_acc": r.float().mean().item() if len(r) else None}
 
+    def scores(self) -> dict[str, float | None]:
+        """Test accuracies, plus validation ones (``val_`` keys) when there is a split."""
+        out = self.evaluate()
+        if self.data.val_y is not None:
+            out.update({f"val_{k}": v for k, v in self.evaluate(split="val").items()})
+        return out
+
     # -------------------------------------------------------------- training
-    def train_until(self, target: float | None, max_rounds: int, *, key: str = "r_acc",
-                    max_u: float | None = None) -> TrainResult:
+    def train_until(self, target: float | None, max_rounds: int, *, key: str | None = None,
+                    max_u: float | None = None, patience: int | None = None) -> TrainResult:
         """Train until accuracy ``key`` reaches ``target`` or ``max_rounds`` rounds ran.
 
-        Round 0 (the model as given) is evaluated too; ``rounds_to_target`` is the first
-        evaluated round whose ``key`` accuracy is >= target (``None`` if never reached).
-        With ``max_u`` training goes on until the same round also has U-set accuracy
-        <= ``max_u`` (the strict stop rule), reported as ``rounds_strict``.
+        ``key`` defaults to ``decision_key`` (validation R-set accuracy when there is a
+        validation split). Round 0 (the model as given) is evaluated too;
+        ``rounds_to_target`` is the first evaluated round whose ``key`` accuracy is
+        >= target (``None`` if never reached). With ``max_u`` training goes on until the
+        same round also has U-set accuracy (of the same split) <= ``max_u`` (the strict
+        stop rule), reported as ``rounds_strict``. With ``patience`` training also stops
+        once ``key`` has not improved for that many rounds (a plateau).
         Resumes from the checkpoint when one exists.
         """
         if max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}")
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        key = key or self.decision_key
         t0 = time.perf_counter() - self.elapsed
         if not self.history:
-            self.history.append({"round": 0, "loss": None, **self.evaluate()})
+            self.history.append({"round": 0, "loss": None, **self.scores()})
 
         def stop() -> bool:
+            if patience is not None and plateaued(self.history, key, patience):
+                return True
             return target is not None and rounds_for(self.history, target, key,
                                                      max_u) is not None
 
@@ -254,7 +291,7 @@ class Federation:
         while not stop() and self.round < max_rounds:
             loss = self.run_round()
             if self.round % self.cfg.eval_every == 0 or self.round == max_rounds:
-                self.history.append({"round": self.round, "loss": loss, **self.evaluate()})
+                self.history.append({"round": self.round, "loss": loss, **self.scores()})
                 bar.set_postfix({key: f"{self.history[-1][key]:.3f}"})
             if self.checkpoint is not None and self.round % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -274,15 +311,13 @@ class Federation:
         """Write model, round, history, mask and server optimizer state atomically."""
         path = Path(path or self.checkpoint)
         blob = {"model": self.model.state_dict(), "round": self.round, "elapsed": self.elapsed,
-                "history": self.history, "mask": self.mask.state(), "config": asdict(self.cfg),
+                "history": self.history, "mask": self.mask.state(), "identity": self.identity,
                 "server_opt": self.server_opt.state_dict() if self.server_opt else None}
         return atomic_torch_save(blob, path)
 
     def _resume(self) -> None:
-        blob = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        if blob.get("config") != asdict(self.cfg):
-            raise ValueError(f"checkpoint {self.checkpoint} was written with another "
-                             f"federation config; delete it or use another output folder")
+        blob = load_blob(self.checkpoint, self.device)
+        check_identity(self.checkpoint, self.identity, blob.get("identity"))
         load_state(self.model, blob["model"], self.checkpoint)
         self.round, self.history = blob["round"], blob["history"]
         self.elapsed = blob["elapsed"]
@@ -312,10 +347,20 @@ def load_state(model: nn.Module, state: dict, source: str | os.PathLike) -> None
 def rounds_for(history: list[dict], target: float, key: str = "r_acc",
                max_u: float | None = None) -> int | None:
     """First round of ``history`` whose ``key`` accuracy is >= ``target`` (and, with
-    ``max_u``, whose U-set accuracy is <= ``max_u``)."""
+    ``max_u``, whose U-set accuracy on the same split is <= ``max_u``)."""
+    u_key = key.replace("r_acc", "u_acc")
     for h in history:
         if h[key] is None or h[key] < target:
             continue
-        if max_u is None or (h["u_acc"] is not None and h["u_acc"] <= max_u):
+        if max_u is None or (h[u_key] is not None and h[u_key] <= max_u):
             return h["round"]
     return None
+
+
+def plateaued(history: list[dict], key: str, patience: int) -> bool:
+    """Whether ``key`` has not exceeded its best value for ``patience`` rounds."""
+    values = [(h[key], h["round"]) for h in history if h[key] is not None]
+    if not values:
+        return False
+    best = max(values, key=lambda v: v[0])[1]  # first round with the best value
+    return history[-1]["round"] - best >= patience

@@ -1,11 +1,15 @@
-"""Atomic writes: write to a temporary file beside the target, then rename over it."""
+"""Atomic writes (write to a temporary file beside the target, then rename over it), content
+digests, and the identity check that keeps a cached result from being reused under another
+configuration."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -41,3 +45,60 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
             json.dump(obj, fh, indent=2, sort_keys=False)
             fh.write("\n")
     return atomic_write(path, write)
+
+
+def load_blob(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of one of our own files, with an error naming the file when it is
+    missing, truncated or not a torch file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is truncated or corrupted ({type(err).__name__}: {err}); "
+                         f"delete it and rerun") from err
+
+
+def digest(items: Iterable[Any]) -> str:
+    """SHA-256 (16 hex digits) of a sequence of tensors (their bytes) and other values (their
+    ``repr``); ``None`` counts as a value."""
+    h = hashlib.sha256()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            h.update(item.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+                     .tobytes())
+        else:
+            h.update(repr(item).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """Digest of a model's parameters and buffers (names included)."""
+    state = module.state_dict()
+    return digest(x for name in sorted(state) for x in (name, state[name]))
+
+
+def identity_diff(ours: Mapping[str, Any], theirs: Mapping[str, Any] | None,
+                  prefix: str = "") -> list[str]:
+    """Human-readable differences between two identity dicts (nested dicts by key path)."""
+    if theirs is None:
+        return ["no identity recorded (written by an older version)"]
+    out = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key, "<absent>"), theirs.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += identity_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} now, {b!r} in the file")
+    return out
+
+
+def check_identity(path: str | os.PathLike, ours: Mapping[str, Any],
+                   theirs: Mapping[str, Any] | None) -> None:
+    """Raise ``ValueError`` naming every key whose value differs from the cached file's."""
+    diff = identity_diff(ours, theirs)
+    if diff:
+        raise ValueError(f"{path} was computed under another configuration ("
+                         + "; ".join(diff) + "); delete it or use another output folder")

@@ -13,9 +13,10 @@ DIRECTIONS = ("highest", "lowest")
 SCOPES = ("global", "layer")
 
 
-def layer_scores(activations: dict[str, torch.Tensor], target: int) -> dict[str, torch.Tensor]:
+def layer_scores(activations: dict[str, torch.Tensor], target: int,
+                 idf_threshold: str = "class") -> dict[str, torch.Tensor]:
     """TF-IDF score of every channel of every layer for class ``target``."""
-    return {n: tfidf_scores(a, target) for n, a in activations.items()}
+    return {n: tfidf_scores(a, target, idf_threshold) for n, a in activations.items()}
 
 
 def l1_scores(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import copy
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +22,12 @@ from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
 from .federated import Federation, rounds_for
 from .fisher import federated_fisher, fisher_forget
 from .masking import ChannelMask
-from .mia import FEATURES, membership_attack, model_logits
+from .mia import ATTACKS, membership_attack, model_logits
 from .procs import aggregate, local_proc
 from .pruning import (conv_flops, l1_scores, layer_scores, random_scores, remove_channels,
                       select_channels)
-from .unlearn import prune_for_classes
+from .tfidf import IDF_THRESHOLDS
+from .unlearn import prune_for_classes, score_participants
 
 
 def pct(v: float | None) -> float | None:
@@ -60,10 +61,10 @@ def evidence_columns(ev: dict) -> dict:
 
 
 # ---------------------------------------------------------------- Table 4: MIA
-def mia_rows(run: Run, kinds: Sequence[str] = FEATURES, max_samples: int = 2000,
+def mia_rows(run: Run, kinds: Sequence[str] = tuple(ATTACKS), max_samples: int = 2000,
              seed: int = 0) -> list[dict]:
     """Membership-attack success rate on the forgotten classes' training samples for the
-    raw, unlearned and retrained model, per attack feature."""
+    raw, unlearned and retrained model, per attack in ``mia.ATTACKS``."""
     data, forget = run.data, torch.tensor(run.cfg.forget, device=run.data.train_y.device)
     transform = BatchTransform(data.mean, data.std, data.train_x.device)
     g = torch.Generator().manual_seed(seed)
@@ -107,19 +108,108 @@ def kl_row(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 # ------------------------------------------------- Table 1: bias sweep and Fisher
-def fisher_row(run: Run, alpha: float, relearn_rounds: int, max_samples: int | None = None,
-               progress: bool = False) -> dict:
-    """Our method and the Fisher-forgetting baseline on one run (one bias probability q)."""
+def _fisher_dir(method: str, sigma: float, damping: float, max_step: float | None,
+                zero_head: bool, max_samples: int | None) -> str:
+    """The Fisher fine-tuning folder's name: every setting that changes its start weights."""
+    name = f"fisher_{method}_sigma{sigma:g}"
+    if method == "eq1":
+        name += f"_damping{damping:g}" + ("" if max_step is None else f"_maxstep{max_step:g}")
+    return name + ("_zerohead" if zero_head else "") + (
+        "" if max_samples is None else f"_samples{max_samples}")
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _trial_text(trials: list[dict]) -> str:
+    """``value:val R %`` per value tried, in order (``*`` marks those meeting the rule)."""
+    return " ".join(f"{t['value']:g}:{pct(t['val_r_acc'])}{'*' if t['ok'] else ''}"
+                    for t in trials)
+
+
+def fisher_row(run: Run, relearn_rounds: int, max_samples: int | None = None, *,
+               method: str = "eq1", sigmas: Sequence[float] | None = None,
+               keep_fraction: float | None = None,
+               damping: float | Sequence[float] | None = None, max_step: float | None = None,
+               zero_head: bool = False, progress: bool = False) -> dict:
+    """Our method and the Fisher-forgetting baseline on one run (one bias probability q).
+
+    The baseline (``fisher.fisher_forget``): Δ and the diagonal Fisher F of the raw model on
+    one round's worth of participants' retained data (``max_samples`` per client, None =
+    all), then ``method`` ("eq1": the paper's Eq. 1, w - (F + damping)^{-1} Δ +
+    σ (F + damping)^{-1/4} b, each step element clamped to ±``max_step`` when given;
+    "golatkar-var": noise of variance σ² / F, no Newton step), ``zero_head`` clearing the
+    forgotten classes' classifier rows, then the same federated fine-tuning as ours.
+
+    Choices on validation data, with bound = ``keep_fraction`` × the raw model's validation
+    R-set accuracy: a ``damping`` grid (one number = fixed) by ``fisher.choose_damping``,
+    the smallest damping whose Newton step alone keeps validation R >= bound (none: the
+    largest; "eq1" only); then σ from ``sigmas`` by ``fisher.choose_sigma``, the largest σ
+    whose validation R right after the step is >= bound (none: the smallest; "golatkar-var"
+    drops σ = 0); a step leaving non-finite weights or logits never meets the bound.
+    Validation data: the run's validation split or, when it has none, half of each class's
+    test images (``with_validation(0.5, seed=0)``; column ``σ chosen on``), used for these
+    choices only: the row's other accuracies are on the run's test split.
+    Defaults: ``fisher.SIGMA_GRID``, ``fisher.KEEP_FRACTION``, ``fisher.DAMPING_GRID``.
+    Fine-tuning is cached in ``run.path / _fisher_dir(...)`` (method, chosen σ and damping,
+    clamp, head, samples), so no other setting reuses it.
+    """
+    from . import fisher as fl
+
+    sigmas = fl.SIGMA_GRID if sigmas is None else tuple(float(s) for s in sigmas)
+    if method == "golatkar-var":  # alpha = σ² must be > 0
+        sigmas = tuple(s for s in sigmas if s > 0)
+    keep_fraction = fl.KEEP_FRACTION if keep_fraction is None else keep_fraction
+    dampings = (fl.DAMPING_GRID if damping is None else tuple(float(d) for d in damping)
+                if isinstance(damping, (list, tuple)) else (float(damping),))
     cfg, m = run.cfg, run.metrics
-    out = run.path / f"fisher_alpha{alpha:g}"
+    fed = Federation(copy.deepcopy(run.raw), run.data, cfg.federation, forget=cfg.forget,
+                     exclude=cfg.forget, device=cfg.device, progress=False)
+    delta, fisher = fl.federated_statistics(fed, max_samples=max_samples)
+
+    def step(model: nn.Module, sigma: float, damp: float) -> nn.Module:
+        return fl.fisher_forget(model, fisher, cfg.forget, method=method, delta=delta,
+                                sigma=sigma, damping=damp, max_step=max_step,
+                                zero_head=zero_head, seed=cfg.federation.seed)
+
+    has_val = run.data.val_y is not None
+    val_data = run.data if has_val else run.data.with_validation(0.5, seed=0)
+    vfed = Federation(copy.deepcopy(run.raw), val_data, cfg.federation, forget=cfg.forget,
+                      device=cfg.device, progress=False)
+    raw_val = vfed.evaluate(split="val")
+    start = copy.deepcopy(run.raw.state_dict())
+    val_u: dict[tuple[float, float], float | None] = {}
+
+    finite: list[bool] = []
+    vfed.model.register_forward_hook(lambda mod, inp, out: finite.append(
+        bool(torch.isfinite(out).all())))
+
+    def val_r_acc(sigma: float, damp: float) -> float | None:
+        """Validation R-set accuracy after the step; None (failing the rule) when the
+        weights or the logits are not finite (argmax of NaN logits still scores)."""
+        vfed.model.load_state_dict(start)
+        step(vfed.model, sigma, damp)
+        finite.clear()
+        res = vfed.evaluate(split="val")
+        val_u[sigma, damp] = res["u_acc"]
+        return res["r_acc"] if all(finite) and _finite(vfed.model) else None
+
+    damp, damp_trials = dampings[0], []
+    if method == "eq1":
+        damp, damp_trials = fl.choose_damping(dampings, lambda d: val_r_acc(0.0, d),
+                                              raw_val["r_acc"], keep_fraction)
+    sigma, trials = fl.choose_sigma(sigmas, lambda s: val_r_acc(s, damp), raw_val["r_acc"],
+                                    keep_fraction)
+    chosen = next(t for t in trials if t["value"] == sigma)
+    step(fed.model, sigma, damp)
+    if not _finite(fed.model):
+        raise ValueError(f"the Fisher step (damping {damp:g}, σ {sigma:g}) leaves non-finite "
+                         "weights; give larger dampings or a max_step")
+    stepped = fed.evaluate()
+    out = run.path / _fisher_dir(method, sigma, damp, max_step, zero_head, max_samples)
     out.mkdir(exist_ok=True)
-    model = copy.deepcopy(run.raw)
-    fed = Federation(model, run.data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
-                     device=cfg.device, progress=False)
-    fisher_forget(model, federated_fisher(fed, max_samples=max_samples), cfg.forget, alpha,
-                  seed=cfg.federation.seed)
-    noised = fed.evaluate()
-    ft, res = finetune(cfg, run.data, model, None, out / "finetune.pt", m["target_r_acc"],
+    ft, res = finetune(cfg, run.data, fed.model, None, out / "finetune.pt", m["target_r_acc"],
                        progress=progress, desc="fisher fine-tune")
     final = ft.evaluate()
     ev = evidence(run, {"raw": run.raw, "ours": run.unlearned, "fisher": ft.model,
@@ -130,8 +220,19 @@ def fisher_row(run: Run, alpha: float, relearn_rounds: int, max_samples: int | N
         row.update({f"{name} rounds": rounds, f"{name} U": pct(acc["u_acc"]),
                     f"{name} R": pct(acc["r_acc"]),
                     f"{name} speedup": _round(speedup(m["rounds_retrain"], rounds))})
-    row.update({"Fisher U after noise": pct(noised["u_acc"]),
-                "Fisher R after noise": pct(noised["r_acc"])})
+    row.update({"Fisher method": method + (" + zero head" if zero_head else ""),
+                "σ chosen on": "val" if has_val else "half of test (no val split)",
+                "raw val R": pct(raw_val["r_acc"]), "keep fraction": keep_fraction,
+                "damping grid": " ".join(f"{d:g}" for d in sorted(dampings))
+                if method == "eq1" else None,
+                "Fisher damping": damp if method == "eq1" else None,
+                "damping trials (val R %)": _trial_text(damp_trials) or None,
+                "Fisher σ": sigma, "σ trials (val R %)": _trial_text(trials),
+                "rule met": chosen["ok"],
+                "Fisher val U after step": pct(val_u[sigma, damp]),
+                "Fisher val R after step": pct(chosen["val_r_acc"]),
+                "Fisher U after step": pct(stepped["u_acc"]),
+                "Fisher R after step": pct(stepped["r_acc"])})
     for name, key in (("raw", "raw"), ("ours", "ours"), ("Fisher", "fisher"),
                       ("retrained", "retrained")):
         row.update({f"{name} {k}": v for k, v in evidence_columns(ev[key]).items()})
@@ -157,25 +258,50 @@ def multiclass_row(run: Run, relearn_rounds: int) -> dict:
 
 
 # ------------------------------------------------------------------ ablations
-SELECTIONS = ("none", "random", "l1", "tfidf-lowest", "tfidf-highest")
+class ScoreArm(NamedTuple):
+    """An ablation arm that ranks channels by a score computed from the weights alone."""
+
+    scores: Callable[[nn.Module, int], dict[str, torch.Tensor]]  # (model, seed) -> scores
+    direction: str
+    scope: str | None  # None: the run's ``unlearning.scope``
+
+
+def _l1(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """L1 filter norms (deterministic: ``seed`` is unused)."""
+    return l1_scores(model)
+
+
+SCORE_ARMS: dict[str, ScoreArm] = {
+    "random": ScoreArm(random_scores, "highest", None),
+    "l1": ScoreArm(_l1, "lowest", "layer"),  # Li et al. (2017): each layer's lowest filters
+    "l1-global": ScoreArm(_l1, "lowest", "global"),
+}
+# arm -> (direction, idf_threshold): "class" is Eq. 7 as printed, "channel" the authors' code
+TFIDF_ARMS: dict[str, tuple[str, str]] = {
+    "tfidf-highest": ("highest", "class"),
+    "tfidf-lowest": ("lowest", "class"),
+    "tfidf-highest-channel": ("highest", "channel"),
+    "tfidf-lowest-channel": ("lowest", "channel"),
+}
+SELECTIONS = ("none", *SCORE_ARMS, *TFIDF_ARMS)
 
 
 def ablation_mask(run: Run, selection: str, ratio: float) -> ChannelMask:
-    """Channels to prune from the raw model for one ablation arm."""
+    """Channels to prune from the raw model for one ablation arm (one of ``SELECTIONS``)."""
     cfg = run.cfg
     if selection == "none":
         return ChannelMask()
-    if selection in ("random", "l1"):
-        scores = (random_scores(run.raw, cfg.federation.seed) if selection == "random"
-                  else l1_scores(run.raw))
-        return select_channels(scores, ratio, direction="highest" if selection == "random"
-                               else "lowest", scope=cfg.unlearning.scope)
-    if selection not in ("tfidf-lowest", "tfidf-highest"):
+    if selection in SCORE_ARMS:
+        arm = SCORE_ARMS[selection]
+        return select_channels(arm.scores(run.raw, cfg.federation.seed), ratio,
+                               direction=arm.direction, scope=arm.scope or cfg.unlearning.scope)
+    if selection not in TFIDF_ARMS:
         raise ValueError(f"unknown selection {selection!r}; choose one of "
                          f"{', '.join(SELECTIONS)}")
+    direction, idf_threshold = TFIDF_ARMS[selection]
     fed = Federation(copy.deepcopy(run.raw), run.data, cfg.federation, forget=cfg.forget,
                      device=cfg.device, progress=False)
-    ucfg = replace(cfg.unlearning, ratio=ratio, direction=selection.split("-")[1])
+    ucfg = replace(cfg.unlearning, ratio=ratio, direction=direction, idf_threshold=idf_threshold)
     return prune_for_classes(fed, cfg.forget, ucfg)[0]
 
 
@@ -189,9 +315,9 @@ def ablation_arm(run: Run, name: str, mask: ChannelMask, rounds: int, stop: bool
     ft, _ = finetune(run.cfg, run.data, copy.deepcopy(run.raw), mask, out / "finetune.pt",
                      target if stop else None, max_rounds=rounds, progress=progress,
                      desc=f"ablation {name}")
-    hist = ft.history
-    paper = rounds_for(hist, target)
-    strict = rounds_for(hist, target, max_u=run.cfg.strict_u)
+    hist, key = ft.history, ft.decision_key
+    paper = rounds_for(hist, target, key)
+    strict = rounds_for(hist, target, key, max_u=run.cfg.strict_u)
     m = run.metrics
     return ft, {"pruned channels": len(mask), "pruned U": pct(hist[0]["u_acc"]),
                 "pruned R": pct(hist[0]["r_acc"]), "final U": pct(hist[-1]["u_acc"]),
@@ -239,7 +365,8 @@ def selection_stability(run: Run, q: float, sizes: Sequence[int], repeats: int,
         acts, counts = aggregate(ups)
         if counts[target] == 0:
             return None
-        sel = select_channels(layer_scores(acts, target), ratio,
+        scores = layer_scores(acts, target, run.cfg.unlearning.idf_threshold)
+        sel = select_channels(scores, ratio,
                               direction=run.cfg.unlearning.direction,
                               scope=run.cfg.unlearning.scope)
         return {(n, j) for n, idx in sel.channels.items() for j in idx}
@@ -273,3 +400,31 @@ def demo_runs(experiment: dict, variations: Sequence[dict], out: str | Path) -> 
         run_experiment(cfg, out / f"run{i}", progress=False, pretrained=pre)
         paths.append(out / f"run{i}")
     return paths
+
+
+def idf_reading_overlap(run: Run, ratio: float, num_clients: int | None = None) -> list[dict]:
+    """Per class of the data set, the Jaccard overlap of the channels the two IDF readings
+    ("class", Eq. 7 as printed; "channel", the authors' code) select from the raw model,
+    on the same participants' uploads (drawn among all clients)."""
+    fed = Federation(copy.deepcopy(run.raw), run.data, run.cfg.federation,
+                     device=run.cfg.device, progress=False)
+    return reading_overlap(fed, range(run.data.num_classes), ratio,
+                           num_clients or fed.cfg.clients_per_round, run.cfg.unlearning.scope)
+
+
+def reading_overlap(fed: Federation, classes: Sequence[int], ratio: float, num_clients: int,
+                    scope: str = "global") -> list[dict]:
+    """``idf_reading_overlap`` on a federation's current model."""
+    chosen = score_participants(fed, classes[0], num_clients, "all")
+    acts, _ = aggregate([local_proc(fed.model, fed.clients[c], fed.transform,
+                                    fed.data.num_classes) for c in chosen])
+    rows = []
+    for cls in classes:
+        sel = {reading: {(n, j) for n, idx in select_channels(
+            layer_scores(acts, cls, reading), ratio, scope=scope).channels.items() for j in idx}
+            for reading in IDF_THRESHOLDS}
+        both = sel["class"] & sel["channel"]
+        rows.append({"class": int(cls), "R": ratio, "clients": len(chosen),
+                     "selected": len(sel["class"]), "shared": len(both),
+                     "Jaccard": round(len(both) / len(sel["class"] | sel["channel"]), 3)})
+    return rows

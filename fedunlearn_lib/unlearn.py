@@ -11,8 +11,10 @@ from .federated import Federation
 from .masking import ChannelMask
 from .procs import aggregate, local_proc
 from .pruning import DIRECTIONS, SCOPES, layer_scores, select_channels
+from .tfidf import IDF_THRESHOLDS
 
 APPLY_MODES = ("mask", "remove")
+SCORE_FROM = ("all", "holders")
 
 
 @dataclass
@@ -23,8 +25,10 @@ class UnlearnConfig:
     direction: str = "highest"
     scope: str = "global"
     apply: str = "mask"
-    score_clients: int | None = None  # clients running local proc, drawn among the
-    # holders of the class; None = one round's worth
+    idf_threshold: str = "class"  # "class": Eq. 7 as printed; "channel": the authors' code
+    score_from: str = "all"  # draw the local-proc participants among "all" clients (the
+    # paper) or only the "holders" of the class
+    score_clients: int | None = None  # clients running local proc; None = one round's worth
     score_samples: int | None = None  # per-client cap on local-proc samples; None = all
 
     def validate(self) -> None:
@@ -32,7 +36,9 @@ class UnlearnConfig:
             raise ValueError(f"pruning ratio R must lie in (0, 1), got {self.ratio!r}")
         for name, value, choices in (("direction", self.direction, DIRECTIONS),
                                      ("scope", self.scope, SCOPES),
-                                     ("apply", self.apply, APPLY_MODES)):
+                                     ("apply", self.apply, APPLY_MODES),
+                                     ("idf_threshold", self.idf_threshold, IDF_THRESHOLDS),
+                                     ("score_from", self.score_from, SCORE_FROM)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
@@ -53,22 +59,21 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
     mask = ChannelMask(fed.mask.state())
     info = []
     for k, cls in enumerate(forget):
-        # the participants are drawn among the clients that hold the class to forget
-        holders = [c.client_id for c in fed.clients if bool((c.y == cls).any())]
-        if not holders:
-            raise ValueError(f"no client holds class {cls}; nothing to score it on")
-        rng = np.random.default_rng([fed.cfg.seed, 7919, k])
-        chosen = sorted(holders[i] for i in
-                        rng.choice(len(holders), min(n_score, len(holders)), replace=False))
+        chosen = score_participants(fed, cls, n_score, cfg.score_from, k)
         t0 = time.perf_counter()
         uploads = [local_proc(fed.model, fed.clients[c], fed.transform, num_classes,
                               max_samples=cfg.score_samples) for c in chosen]
         t1 = time.perf_counter()
         activations, counts = aggregate(uploads)
         if counts[cls] == 0:
-            raise ValueError(f"the scoring clients' first {cfg.score_samples} samples hold no "
-                             f"image of class {cls}; raise score_samples")
-        selected = select_channels(layer_scores(activations, cls), cfg.ratio,
+            raise ValueError(
+                f"the {len(chosen)} local-proc participants (clients {chosen}) hold no image "
+                f"of class {cls}"
+                + (f" among their first {cfg.score_samples} samples" if cfg.score_samples
+                   else "")
+                + "; raise score_clients (or score_samples), or set score_from='holders'")
+        scores = layer_scores(activations, cls, cfg.idf_threshold)
+        selected = select_channels(scores, cfg.ratio,
                                    direction=cfg.direction, scope=cfg.scope, already=mask)
         t2 = time.perf_counter()
         mask = mask.union(selected)
@@ -77,3 +82,21 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
                      "local_proc_s": t1 - t0, "server_proc_s": t2 - t1,
                      "after": fed.evaluate()})
     return mask, info
+
+
+def score_participants(fed: Federation, cls: int, n: int, score_from: str,
+                       draw: int = 0) -> list[int]:
+    """The clients that run the local proc for class ``cls``: ``n`` drawn at random among
+    all clients (``score_from="all"``, the paper) or among those holding the class
+    (``"holders"``); deterministic in the federation seed and ``draw``."""
+    if score_from == "holders":
+        pool = [c.client_id for c in fed.clients if bool((c.y == cls).any())]
+        if not pool:
+            raise ValueError(f"no client holds class {cls}; nothing to score it on")
+    elif score_from == "all":
+        pool = [c.client_id for c in fed.clients]
+    else:
+        raise ValueError(f"unknown score_from {score_from!r}; choose one of "
+                         f"{', '.join(SCORE_FROM)}")
+    rng = np.random.default_rng([fed.cfg.seed, 7919, draw])
+    return sorted(pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False))

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -99,7 +100,11 @@ def test_resume_after_interrupt_gives_same_weights(small_digits, tmp_path):
     b = Federation(build_model("resnet20", 10), d, cfg, forget=[9],
                    checkpoint=tmp_path / "b.pt", progress=False)
     b.train_until(None, 2)  # "interrupted" after the round-2 checkpoint
-    torch.manual_seed(123)  # a fresh process would start from other random weights
+    torch.manual_seed(123)  # other starting weights: not the run that wrote b.pt
+    with pytest.raises(ValueError, match="start_weights"):
+        Federation(build_model("resnet20", 10), d, cfg, forget=[9],
+                   checkpoint=tmp_path / "b.pt", progress=False)
+    torch.manual_seed(0)  # a fresh process of the same run starts from the same weights
     c = Federation(build_model("resnet20", 10), d, cfg, forget=[9],
                    checkpoint=tmp_path / "b.pt", progress=False)
     assert c.round == 2
@@ -113,9 +118,37 @@ def test_checkpoint_of_another_model_is_rejected(small_digits, tmp_path):
     f = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
                    checkpoint=tmp_path / "c.pt")
     f.save_checkpoint()
-    with pytest.raises(ValueError, match="does not match the model"):
+    with pytest.raises(ValueError, match="start_weights"):
         Federation(build_model("vgg11", 10), small_digits, cfg, progress=False,
                    checkpoint=tmp_path / "c.pt")
+
+
+def test_checkpoint_of_other_data_or_settings_is_refused_naming_the_keys(small_digits,
+                                                                         tmp_path):
+    cfg = FedConfig(num_clients=10, clients_per_round=2)
+    torch.manual_seed(0)
+    f = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
+                   checkpoint=tmp_path / "c.pt", identity={"train_per_class": 30})
+    f.save_checkpoint()
+    other = small_digits.subset(20, 10, seed=0)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"data: .*train_per_class: 20 now, 30 in the file"):
+        Federation(build_model("resnet20", 10), other, cfg, progress=False,
+                   checkpoint=tmp_path / "c.pt", identity={"train_per_class": 20})
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"federation.lr: 0.1 now, 0.05 in the file"):
+        Federation(build_model("resnet20", 10), small_digits, replace(cfg, lr=0.1),
+                   progress=False, checkpoint=tmp_path / "c.pt",
+                   identity={"train_per_class": 30})
+
+
+def test_truncated_checkpoint_names_the_file(small_digits, tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"PK\x03\x04 not a whole file")
+    with pytest.raises(ValueError, match=r"c\.pt is truncated or corrupted"):
+        Federation(build_model("resnet20", 10), small_digits,
+                   FedConfig(num_clients=10, clients_per_round=2), progress=False,
+                   checkpoint=path)
 
 
 def test_exclude_removes_classes_and_forget_splits_the_test_set(small_digits):

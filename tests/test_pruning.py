@@ -83,3 +83,29 @@ def test_remove_gives_the_masked_models_outputs(name):
                                      for n in keep.channels)
         assert all(n.endswith("conv1") and n != "conv1" for n in set(mask.channels) -
                    set(keep.channels))
+
+
+def test_l1_baseline_is_per_layer_lowest_and_l1_global_ranks_all_layers():
+    from collections import OrderedDict
+    from pathlib import Path
+
+    from fedunlearn_lib.experiment import ExperimentConfig, Run
+    from fedunlearn_lib.studies import ablation_mask
+
+    a, b = torch.nn.Conv2d(1, 4, 1, bias=False), torch.nn.Conv2d(4, 8, 1, bias=False)
+    with torch.no_grad():  # filter L1 norms: a = .4 .1 .3 .2, b = 5 .15 7 .25 3 9 .35 2
+        a.weight.copy_(torch.tensor([0.4, 0.1, 0.3, 0.2]).view(4, 1, 1, 1))
+        b.weight.copy_(torch.tensor([5, 0.15, 7, 0.25, 3, 9, 0.35, 2]).view(8, 1, 1, 1)
+                       .expand(8, 4, 1, 1) / 4)
+    model = torch.nn.Sequential(OrderedDict(a=a, b=b))
+    run = Run(Path("."), ExperimentConfig(), None, {}, model, model, model)  # scope "global"
+
+    def chosen(arm):
+        return {n: sorted(j) for n, j in ablation_mask(run, arm, 0.25).channels.items()}
+
+    # Li et al. (2017): round(R * channels) lowest filters of each layer, whatever the scope
+    assert chosen("l1") == {"a": [1], "b": [1, 3]}
+    # global: the round(R * 12) = 3 lowest filters of the whole net
+    assert chosen("l1-global") == {"a": [1, 3], "b": [1]}
+    with pytest.raises(ValueError, match="'l2'.*l1-global"):
+        ablation_mask(run, "l2", 0.25)

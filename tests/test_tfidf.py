@@ -5,32 +5,66 @@ import torch
 
 from fedunlearn_lib.tfidf import tfidf_scores
 
-
-def test_matches_hand_computed_values():
-    # 3 classes x 2 channels
-    A = torch.tensor([[2.0, 0.0], [1.0, 3.0], [1.0, 3.0]])
-    # channel means: [4/3, 2]; classes at/above mean: ch0 -> {0} (1), ch1 -> {1, 2} (2)
-    idf = [math.log(4 / 2), math.log(4 / 3)]
-    tf0 = [2 / 2, 0 / 2]
-    tf1 = [1 / 4, 3 / 4]
-    assert tfidf_scores(A, 0).tolist() == pytest.approx([tf0[0] * idf[0], tf0[1] * idf[1]])
-    assert tfidf_scores(A, 1).tolist() == pytest.approx([tf1[0] * idf[0], tf1[1] * idf[1]])
+L = math.log(3 / 2)  # log((1 + 2 classes) / (1 + 1 class))
 
 
-def test_channel_active_for_every_class_scores_zero():
-    A = torch.tensor([[1.0, 5.0], [1.0, 0.0]])  # channel 0 equal for all: df = 2 -> idf 0
-    s = tfidf_scores(A, 0)
-    assert s[0].item() == pytest.approx(0.0)
-    assert s[1].item() == pytest.approx(5 / 6 * math.log(3 / 2))
+def test_readings_differ_on_a_hand_computed_matrix_with_ties():
+    A = torch.tensor([[4.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
+    # "class" (Eq. 7): row means 2 and 1; ties count (2 >= 2, 1 >= 1): df = [2, 2, 1]
+    assert tfidf_scores(A, 0, "class").tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert tfidf_scores(A, 1, "class").tolist() == pytest.approx([0.0, 0.0, L / 3])
+    # "channel" (authors' code): channel means 2.5, 1.5, 0.5: df = [1, 1, 1]
+    assert tfidf_scores(A, 0, "channel").tolist() == pytest.approx([4 / 6 * L, 2 / 6 * L, 0])
+    assert tfidf_scores(A, 1, "channel").tolist() == pytest.approx([L / 3] * 3)
 
 
-def test_all_zero_row_gives_zero_scores_not_nan():
-    A = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
-    assert torch.equal(tfidf_scores(A, 0), torch.zeros(2))
+def test_default_reading_is_eq7_as_printed():
+    A = torch.tensor([[4.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
+    assert torch.equal(tfidf_scores(A, 1), tfidf_scores(A, 1, "class"))
 
 
-def test_bad_target_and_shape_are_named():
+def test_class_row_of_zeros():
+    A = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
+    for reading in ("class", "channel"):  # TF of an all-zero row is 0, not NaN
+        assert torch.equal(tfidf_scores(A, 0, reading), torch.zeros(2))
+    # "class": the zero row's mean is 0, so it counts in every channel: df = [1, 2]
+    assert tfidf_scores(A, 1, "class").tolist() == pytest.approx([L / 4, 0.0])
+    # "channel": channel means 0.5, 1.5; only class 1 reaches them: df = [1, 1]
+    assert tfidf_scores(A, 1, "channel").tolist() == pytest.approx([L / 4, 3 * L / 4])
+
+
+def test_channel_zero_for_every_class():
+    A = torch.tensor([[2.0, 0.0], [4.0, 0.0]])
+    # "class": channel 1 is below both row means (df 0) but its TF is 0; channel 0: df 2
+    assert tfidf_scores(A, 0, "class").tolist() == pytest.approx([0.0, 0.0])
+    # "channel": channel 1's mean is 0, both classes tie (df 2); channel 0: df 1
+    assert tfidf_scores(A, 0, "channel").tolist() == pytest.approx([L, 0.0])
+
+
+def _loop_scores(A: torch.Tensor, u: int, reading: str) -> list[float]:
+    n, c = A.shape
+    out = []
+    for j in range(c):
+        df = 0
+        for i in range(n):
+            thr = (sum(A[i].tolist()) / c if reading == "class"
+                   else sum(A[:, j].tolist()) / n)
+            df += A[i, j].item() >= thr
+        out.append(A[u, j].item() / sum(A[u].tolist()) * math.log((1 + n) / (1 + df)))
+    return out
+
+
+@pytest.mark.parametrize("reading", ["class", "channel"])
+def test_hundred_classes_match_an_explicit_loop(reading):
+    A = torch.rand(100, 12, generator=torch.Generator().manual_seed(1)).double()
+    assert tfidf_scores(A, 99, reading).tolist() == pytest.approx(_loop_scores(A, 99, reading),
+                                                                  rel=1e-5)
+
+
+def test_bad_target_shape_and_reading_are_named():
     with pytest.raises(ValueError, match="target class 3"):
         tfidf_scores(torch.ones(3, 4), 3)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         tfidf_scores(torch.ones(4), 0)
+    with pytest.raises(ValueError, match="'row'"):
+        tfidf_scores(torch.ones(3, 4), 0, "row")

@@ -1,4 +1,6 @@
-"""The Snakemake workflow: the paper profile plans, the smoke profile runs end to end."""
+"""The Snakemake workflow: the paper profile plans, the smoke profile runs end to end, a
+profile edit reruns only what depends on it, and a cluster executor gets each rule's
+declared resources."""
 import re
 import shutil
 import subprocess
@@ -6,51 +8,178 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+STUDIES = ("mia", "kl_distribution", "bias_fisher", "multiclass", "ablations")
+# the kind of each rule, which picks its threads and resources in config/<profile>.yaml
+KIND = {"pretrain": "pretrain", "unlearn": "unlearn", "report": "report",
+        "feature_maps": "study", **{s: "study" for s in STUDIES}}
 
 
 def _copy_workflow(dst: Path) -> Path:
-    for item in ("Snakefile", "config", "notebooks"):
+    for item in ("Snakefile", "config", "notebooks", "profiles"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
     return dst
 
 
-def test_paper_profile_plans_every_experiment(tmp_path):
+def _snakemake(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + list(args), cwd=wd, capture_output=True, text=True,
+                          check=check)
+
+
+def _job_counts(out: str) -> dict[str, int]:
+    """The dry run's job-stats table, rule -> count (with ``total``)."""
+    stats = out[out.index("Job stats:"):]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
+
+
+def _jobs(out: str) -> list[dict]:
+    """Every planned job of a dry run: rule, outputs, threads and resources."""
+    jobs = []
+    for block in re.split(r"^\[.*\]\n", out, flags=re.M):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        output = re.search(r"^    output: (.*)$", block, flags=re.M)
+        threads = re.search(r"^    threads: (\d+)$", block, flags=re.M)
+        res = re.search(r"^    resources: (.*)$", block, flags=re.M)
+        jobs.append({"rule": head.group(1),
+                     "output": output.group(1).split(", ") if output else [],
+                     "threads": int(threads.group(1)) if threads else 1,
+                     "resources": dict(kv.split("=", 1) for kv in res.group(1).split(", "))
+                     if res else {}})
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory) -> str:
+    """Dry run of the paper profile (64 cores, so that no rule's threads are scaled down)."""
+    wd = _copy_workflow(tmp_path_factory.mktemp("paper"))
+    return _snakemake(wd, "-n", "--cores", "64", "--config", "profile=paper").stdout
+
+
+def test_paper_profile_plans_every_experiment(paper_plan):
+    counts = _job_counts(paper_plan)
+    # pretrain 22: 2 data sets x 8 models in the main grid (FedSGD, q = 0.1 / 0.01), plus
+    # Table 1's sweep with its own federation (FedAvg, E = 5): 2 data sets x 3 q
+    assert counts["pretrain"] == 22, paper_plan
+    # unlearn 36: Table 2 / Figure 3, the last class of 2 data sets x 8 models: 16;
+    # Table 4 (Table 5 is a subset of it), CIFAR-10 ResNet-20/56, VGG-11/19 x classes
+    # 0, 9, 0+9: 12, of which class 9 is already in Table 2: +8;
+    # Tables 3 and 6, Figure 4: ResNet-20 x {0+9, 0+5, 5+9, 0+5+9}, ResNet-56 x {0+9,
+    # 0+5+9}, VGG-11 x {0+5+9}, VGG-19 x {0+5+9}: 8, of which 0+9 (ResNet-20/56) are
+    # already in Table 4: +6; Table 1, 2 data sets x 3 q: +6; the ablations reuse
+    # CIFAR-10 ResNet-20 class 9: +0. 16 + 8 + 6 + 6 = 36
+    assert counts["unlearn"] == 36, paper_plan
+    for rule in ("feature_maps", "report", "all") + STUDIES:
+        assert counts[rule] == 1, rule
+    assert counts["total"] == 66, paper_plan
+
+
+def test_paper_profile_rules_declare_the_profile_resources(paper_plan):
+    declared = yaml.safe_load((ROOT / "config/paper.yaml").read_text())["resources"]
+    jobs = [j for j in _jobs(paper_plan) if j["rule"] != "all"]
+    assert {j["rule"] for j in jobs} == set(KIND)
+    for job in jobs:
+        want = declared[KIND[job["rule"]]]
+        assert job["threads"] == want["threads"], job
+        got = {k: int(job["resources"][k]) for k in ("gpu", "mem_mb", "runtime")}
+        assert got == {k: want[k] for k in ("gpu", "mem_mb", "runtime")}, job
+
+
+def _readme_job_table() -> dict[str, int]:
+    """The table under README's "### Paper profile: jobs": ``| rule | count |`` rows."""
+    text = (ROOT / "README.md").read_text()
+    heading = re.search(r"^### Paper profile: jobs\s*$", text, flags=re.M)
+    assert heading, 'README.md has no "### Paper profile: jobs" section'
+    rows = {}
+    for line in text[heading.end():].lstrip("\n").splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip().strip("`*") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[1].isdigit():
+            rows[cells[0]] = int(cells[1])
+    return rows
+
+
+def test_readme_paper_job_table_matches_the_dry_run(paper_plan):
+    counts = _job_counts(paper_plan)
+    table = "\n".join(["| rule | jobs |", "| --- | --- |"]
+                      + [f"| {rule} | {n} |" for rule, n in counts.items()])
+    print(f"\nthe paper profile's dry run, for README.md:\n{table}")
+    assert _readme_job_table() == counts, table
+
+
+def test_cluster_executor_gets_the_declared_resources(tmp_path):
+    """One smoke pretraining through the cluster-generic executor (profiles/cluster-local):
+    the submit command receives the threads and resources the profile declares."""
+    pytest.importorskip("snakemake_executor_plugin_cluster_generic")
     wd = _copy_workflow(tmp_path)
-    out = subprocess.run(SNAKEMAKE + ["-n", "--cores", "all", "--config", "profile=paper"],
-                         cwd=wd, capture_output=True, text=True, check=True).stdout
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    # pretrain: 2 data sets x 8 models, plus the bias sweep's own settings (3 q per data set)
-    assert counts["pretrain"] == "22", out
-    # unlearn: 16 (Table 2) + 4 (classes 0 and 0+9 for ResNet-20/VGG-11, Tables 4-5)
-    # + 6 (bias sweep) + 14 (4 class sets x 4 models, 0+9 shared with Tables 4-5)
-    assert counts["unlearn"] == "40", out
-    for rule in ("feature_maps", "report", "mia", "kl_distribution", "bias_fisher",
-                 "multiclass", "ablations"):
-        assert counts[rule] == "1", rule
+    plan = _snakemake(wd, "-n", "--cores", "1", "--config", "profile=smoke").stdout
+    target = next(j["output"][0] for j in _jobs(plan)  # output[0]: the checkpoint
+                  if j["rule"] == "pretrain" and "/main/digits/resnet20/" in j["output"][0])
+    run = _snakemake(wd, "--profile", "profiles/cluster-local", "--config", "profile=smoke",
+                     "--", target, check=False)
+    log = wd / ".snakemake/cluster-local"
+    jobs_log = log / "submitted.jobs.log"
+    assert run.returncode == 0, run.stderr[-3000:] + (
+        jobs_log.read_text()[-3000:] if jobs_log.exists() else "")
+    assert (wd / target).stat().st_size > 0
+    submitted = [dict(kv.split("=", 1) for kv in line.split("\t"))
+                 for line in (log / "submitted.tsv").read_text().splitlines()]
+    want = yaml.safe_load((wd / "config/smoke.yaml").read_text())["resources"]["pretrain"]
+    assert submitted == [{"rule": "pretrain", **{k: str(v) for k, v in want.items()}}]
 
 
 @pytest.mark.slow
 def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     wd = _copy_workflow(tmp_path)
-    run = subprocess.run(SNAKEMAKE + ["--cores", "2", "--config", "profile=smoke"], cwd=wd,
-                         capture_output=True, text=True)
+    plan = _job_counts(_snakemake(wd, "-n", "--cores", "2", "--config",
+                                  "profile=smoke").stdout)
+    run = _snakemake(wd, "--cores", "2", "--config", "profile=smoke", check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     fig = wd / "figures" / "smoke"
     figures = ("fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
                "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations")
     tables = ("table1", "table2", "table3", "table4", "table5", "table_ablations",
-              "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability")
+              "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
+              "table_idf_readings")
     for name in [f"{f}.{e}" for f in figures for e in ("png", "pdf")] + \
             [f"{t}.{e}" for t in tables for e in ("csv", "md")]:
         assert (fig / name).stat().st_size > 0, name
     notebooks = wd / "results/smoke/notebooks"
-    assert (notebooks / "03_unlearn_main_digits_resnet20_q0.1_seed0_forget9.ipynb").exists()
+    assert list(notebooks.glob(
+        "03_unlearn_main_digits_resnet20_q0.1_seed0_p*_forget9-u*.ipynb"))
     for nb in ("04_mia", "05_kl_distribution", "06_bias_fisher", "07_multiclass", "08_ablations"):
         assert (notebooks / f"{nb}.ipynb").exists(), nb
-    again = subprocess.run(SNAKEMAKE + ["-n", "--cores", "2", "--config", "profile=smoke"],
-                           cwd=wd, capture_output=True, text=True, check=True)
+    again = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Another R for ResNet on digits: every unlearning run, and what reads them, is planned
+    # again, into new forget folders beside the old ones; no pretraining, and not Figure 2
+    # (it reads a pretrained model only).
+    smoke = yaml.safe_load((wd / "config/smoke.yaml").read_text())
+    smoke["ratio"]["digits"]["resnet"] = 0.2
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(smoke))
+    out = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke",
+                     "--configfile", str(edited)).stdout
+    expected = {"unlearn": plan["unlearn"], "report": 1, "all": 1, **dict.fromkeys(STUDIES, 1)}
+    assert _job_counts(out) == {**expected, "total": sum(expected.values())}, out
+    for job in (j for j in _jobs(out) if j["rule"] == "unlearn"):
+        folder = (wd / job["output"][0]).parent
+        assert not folder.exists() and (folder.parent / "pretrain.pt").exists(), folder
+
+    # A study parameter (Snakemake's params trigger): the studies that read it rerun.
+    smoke = yaml.safe_load((wd / "config/smoke.yaml").read_text())
+    smoke["relearn_rounds"] += 1
+    edited.write_text(yaml.safe_dump(smoke))
+    out = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke",
+                     "--configfile", str(edited)).stdout
+    assert _job_counts(out) == {"bias_fisher": 1, "multiclass": 1, "ablations": 1,
+                                "all": 1, "total": 4}, out

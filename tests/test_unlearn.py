@@ -1,0 +1,64 @@
+"""Who runs the local proc: participants drawn among all clients (the paper) or holders."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fedunlearn_lib import FedConfig, Federation, build_model
+from fedunlearn_lib.procs import aggregate, local_proc
+from fedunlearn_lib.pruning import layer_scores, select_channels
+from fedunlearn_lib.unlearn import UnlearnConfig, prune_for_classes, score_participants
+
+
+def _fed(data, seed: int = 0, q: float = 1.0) -> Federation:
+    torch.manual_seed(0)
+    cfg = FedConfig(num_clients=20, clients_per_round=5, q=q, seed=seed)
+    return Federation(build_model("resnet20", 10), data, cfg, forget=[9], progress=False)
+
+
+def _chosen(sel) -> set[tuple[str, int]]:
+    return {(n, j) for n, idx in sel.channels.items() for j in idx}
+
+
+def test_at_q1_participants_hold_several_classes_and_idf_matters(small_digits):
+    fed = _fed(small_digits)  # q = 1: every client holds one class only
+    chosen = score_participants(fed, 9, 10, "all")
+    uploads = [local_proc(fed.model, fed.clients[c], fed.transform, 10) for c in chosen]
+    acts, counts = aggregate(uploads)
+    assert counts[9] > 0 and int((counts > 0).sum()) >= 3  # not the target class alone
+    tfidf = select_channels(layer_scores(acts, 9), 0.1)
+    tf = select_channels({n: a[9] / a[9].sum() for n, a in acts.items()}, 0.1)
+    assert _chosen(tfidf) != _chosen(tf)  # the selection is not TF alone
+
+
+def test_holders_option_draws_only_clients_with_the_class(small_digits):
+    fed = _fed(small_digits)
+    holders = {c.client_id for c in fed.clients if bool((c.y == 9).any())}
+    chosen = score_participants(fed, 9, 10, "holders")
+    assert set(chosen) <= holders
+    _, counts = aggregate([local_proc(fed.model, fed.clients[c], fed.transform, 10)
+                           for c in chosen])
+    assert int((counts > 0).sum()) == 1  # at q = 1 only the target's row is non-zero
+    mask, info = prune_for_classes(fed, [9], UnlearnConfig(ratio=0.1, score_from="holders",
+                                                           score_clients=2))
+    assert set(info[0]["clients"]) <= holders and len(mask) > 0
+
+
+def test_participants_without_the_class_give_an_error_naming_the_fixes(small_digits):
+    for seed in range(20):  # find a draw of one client that lacks class 9 (q = 1)
+        fed = _fed(small_digits, seed)
+        (c,) = score_participants(fed, 9, 1, "all")
+        if not bool((fed.clients[c].y == 9).any()):
+            break
+    with pytest.raises(ValueError, match=rf"clients \[{c}\]\) hold no image of class 9.*"
+                                         r"score_clients.*score_from='holders'"):
+        prune_for_classes(fed, [9], UnlearnConfig(ratio=0.1, score_clients=1))
+
+
+def test_participants_are_deterministic_and_bad_option_is_named(small_digits):
+    fed = _fed(small_digits, q=0.1)
+    assert score_participants(fed, 9, 5, "all") == score_participants(fed, 9, 5, "all")
+    with pytest.raises(ValueError, match="score_from 'everyone'"):
+        UnlearnConfig(score_from="everyone").validate()
+    with pytest.raises(ValueError, match="idf_threshold 'row'"):
+        replace(UnlearnConfig(), idf_threshold="row").validate()
