@@ -79,12 +79,13 @@ def plot_feature_maps(model: nn.Module, data: ImageData, transform: BatchTransfo
 
 
 def plot_activation_heatmap(A: torch.Tensor, target: int, class_names: list[str],
-                            top: int = 24) -> tuple[plt.Figure, list[int]]:
+                            top: int = 24, idf_threshold: str = "class"
+                            ) -> tuple[plt.Figure, list[int]]:
     """Heat map of class-wise activations for the ``top`` channels by TF-IDF for ``target``.
 
     Returns the figure and all channel indices, highest score first.
     """
-    scores = tfidf_scores(A, target)
+    scores = tfidf_scores(A, target, idf_threshold)
     ranking = torch.argsort(scores, descending=True).tolist()
     order = ranking[:top]
     norm = A[:, order] / A[:, order].max(dim=0, keepdim=True).values.clamp(min=1e-12)

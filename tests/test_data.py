@@ -105,3 +105,18 @@ def test_transform_normalizes():
     t = BatchTransform((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     assert torch.allclose(t(x), torch.full((1, 3, 2, 2), 2.0))
+
+
+def test_validation_split_is_disjoint_class_balanced_and_fixed(digits):
+    d = digits.subset(None, 10, seed=0)
+    v = d.with_validation(0.5, seed=0)
+    assert len(v.val_y) == 50 and len(v.test_y) == 50
+    assert torch.bincount(v.val_y, minlength=10).tolist() == [5] * 10
+    assert torch.bincount(v.test_y, minlength=10).tolist() == [5] * 10
+    pool = {bytes(x.numpy()) for x in d.test_x}
+    val, test = {bytes(x.numpy()) for x in v.val_x}, {bytes(x.numpy()) for x in v.test_x}
+    assert not val & test and val | test <= pool  # disjoint halves of the old test split
+    assert torch.equal(d.with_validation(0.5, seed=0).val_x, v.val_x)
+    assert v.fingerprint != d.fingerprint
+    with pytest.raises(ValueError, match="got 1.0"):
+        d.with_validation(1.0)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from fedunlearn_lib import FedConfig, Federation, build_model
 from fedunlearn_lib.data import BatchTransform
-from fedunlearn_lib.federated import client_generator, rounds_for
+from fedunlearn_lib.federated import client_generator, plateaued, rounds_for
 
 
 def _params(model):
@@ -158,7 +158,7 @@ def test_exclude_removes_classes_and_forget_splits_the_test_set(small_digits):
     labels = torch.cat([c.y for c in f.clients])
     assert not ((labels == 0) | (labels == 9)).any()
     assert len(labels) == 8 * 30
-    assert int(f._u_test.sum()) == 20
+    assert int(f._in_u[small_digits.test_y].sum()) == 20
 
 
 def test_train_until_stops_at_target(small_digits):
@@ -195,3 +195,23 @@ def test_bad_federation_config(small_digits, field, value, msg):
     setattr(cfg, field, value)
     with pytest.raises(ValueError, match=msg):
         Federation(build_model("resnet20", 10), small_digits, cfg, progress=False)
+
+
+def test_plateau_rule_counts_rounds_since_the_best_value():
+    hist = [{"round": r, "val_r_acc": a} for r, a in enumerate([0.1, 0.5, 0.4, 0.5, 0.45])]
+    assert plateaued(hist, "val_r_acc", 3)  # best (first 0.5) at round 1, now round 4
+    assert not plateaued(hist, "val_r_acc", 4)
+    assert not plateaued(hist[:1], "val_r_acc", 1)
+
+
+def test_decisions_read_the_validation_split_when_there_is_one(small_digits):
+    fed = Federation(build_model("resnet20", 10), small_digits.with_validation(0.5),
+                     FedConfig(num_clients=10, clients_per_round=2), forget=[9],
+                     progress=False)
+    assert fed.decision_key == "val_r_acc"
+    assert {"u_acc", "r_acc", "val_u_acc", "val_r_acc"} <= set(fed.scores())
+    res = fed.train_until(None, 50, patience=1)  # stops at the first round without gain
+    assert res.rounds_run < 50 and plateaued(res.history, "val_r_acc", 1)
+    hist = [{"round": 0, "val_r_acc": 0.9, "val_u_acc": 0.5},
+            {"round": 1, "val_r_acc": 0.9, "val_u_acc": 0.0}]
+    assert rounds_for(hist, 0.8, "val_r_acc", max_u=0.01) == 1
