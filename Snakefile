@@ -189,9 +189,9 @@ ABL = config["ablations"]
 ABL_RUN = run_dir(D0, ABL["model"], ABL["forget"])
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_ablations",
           "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
-          "table_idf_readings"]
+          "table_idf_readings", "table_robustness"]
 FIGURES = ["fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
-           "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations"]
+           "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations", "fig_robustness"]
 
 
 localrules:
@@ -299,6 +299,8 @@ ABLATIONS = study("08_ablations", [ABL_RUN], ["table_ablations", "table_ablation
                   ["fig_ablations"], relearn_rounds=config["relearn_rounds"],
                   budget=ABL["rounds"], ratios=ABL["ratios"], clients=ABL["clients"],
                   repeats=ABL["repeats"], noniid_q=ABL["noniid_q"])
+ROBUSTNESS = study("10_robustness", [ABL_RUN], ["table_robustness"], ["fig_robustness"],
+                   **config["robustness"])
 
 
 rule mia:
@@ -374,3 +376,18 @@ rule ablations:
         **resources_of("study"),
     run:
         run_study("08_ablations", input, output.notebook, threads, params.study)
+
+
+rule robustness:
+    input:
+        ROBUSTNESS["runs"],
+    output:
+        ROBUSTNESS["out"],
+        notebook=ROBUSTNESS["notebook"],
+    params:
+        study=ROBUSTNESS["params"],
+    threads: threads_of("study")
+    resources:
+        **resources_of("study"),
+    run:
+        run_study("10_robustness", input, output.notebook, threads, params.study)

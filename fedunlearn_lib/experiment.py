@@ -14,7 +14,8 @@ import yaml
 
 from .data import DATASETS, ImageData, load_dataset
 from .federated import FedConfig, Federation, TrainResult, load_state, rounds_for
-from .io import atomic_torch_save, atomic_write_json, check_identity, load_blob, state_digest
+from .io import (atomic_torch_save, atomic_write_json, check_identity, check_weights, load_blob,
+                 state_digest)
 from .masking import ChannelMask
 from .models import MODELS, build_model
 from .pruning import conv_flops, count_conv_channels, remove_channels
@@ -200,6 +201,7 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     if path.exists():
         blob = load_blob(path, cfg.device)
         check_identity(path, key, blob.get("identity"))
+        check_weights(path, blob["model"], blob.get("weights"))
         return blob
     pruned_model = pretrained.model
     original = copy.deepcopy(pruned_model)
@@ -213,7 +215,8 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     if cfg.unlearning.apply == "remove":
         example = torch.zeros(1, 3, 32, 32, device=cfg.device)
         pruned_model, keep, removed = remove_channels(pruned_model, mask, example)
-    blob = {"identity": key, "model": pruned_model, "mask": keep.state(), "selected": mask.state(),
+    blob = {"identity": key, "model": pruned_model, "weights": state_digest(pruned_model),
+            "mask": keep.state(), "selected": mask.state(),
             "per_class": per_class, "metrics": after_mask,
             "channels": {"total": count_conv_channels(original), "selected": len(mask),
                          "removed": removed, "masked": len(keep)},
@@ -294,7 +297,10 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} a finished run?")
-    metrics = json.loads(metrics_path.read_text())
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{metrics_path} is truncated or corrupted ({err})") from err
     cfg = ExperimentConfig.from_dict(metrics["config"])
     data = prepare_data(cfg)
 

@@ -14,7 +14,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BatchTransform, ImageData
-from .io import atomic_torch_save, check_identity, digest, load_blob, state_digest
+from .io import (atomic_torch_save, check_identity, check_weights, digest, load_blob,
+                 state_digest)
 from .masking import ChannelMask
 from .partition import fang_partition
 
@@ -310,7 +311,9 @@ class Federation:
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write model, round, history, mask and server optimizer state atomically."""
         path = Path(path or self.checkpoint)
-        blob = {"model": self.model.state_dict(), "round": self.round, "elapsed": self.elapsed,
+        state = self.model.state_dict()
+        blob = {"model": state, "weights": state_digest(state), "round": self.round,
+                "elapsed": self.elapsed,
                 "history": self.history, "mask": self.mask.state(), "identity": self.identity,
                 "server_opt": self.server_opt.state_dict() if self.server_opt else None}
         return atomic_torch_save(blob, path)
@@ -318,6 +321,7 @@ class Federation:
     def _resume(self) -> None:
         blob = load_blob(self.checkpoint, self.device)
         check_identity(self.checkpoint, self.identity, blob.get("identity"))
+        check_weights(self.checkpoint, blob["model"], blob.get("weights"))
         load_state(self.model, blob["model"], self.checkpoint)
         self.round, self.history = blob["round"], blob["history"]
         self.elapsed = blob["elapsed"]

@@ -74,10 +74,19 @@ def digest(items: Iterable[Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def state_digest(module: torch.nn.Module) -> str:
-    """Digest of a model's parameters and buffers (names included)."""
-    state = module.state_dict()
+def state_digest(module: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """Digest of a model's (or a state dict's) parameters and buffers, names included."""
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else module
     return digest(x for name in sorted(state) for x in (name, state[name]))
+
+
+def check_weights(path: str | os.PathLike, weights: torch.nn.Module | Mapping[str, torch.Tensor],
+                  recorded: str | None) -> None:
+    """Raise ``ValueError`` naming ``path`` when the loaded weights do not match the digest
+    saved with them (``torch.load`` does not notice bytes changed in place)."""
+    if recorded is not None and state_digest(weights) != recorded:
+        raise ValueError(f"{path} is truncated or corrupted (its weights do not match the "
+                         f"digest saved with them); delete it and rerun")
 
 
 def identity_diff(ours: Mapping[str, Any], theirs: Mapping[str, Any] | None,

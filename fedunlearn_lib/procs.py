@@ -6,6 +6,7 @@ Raw data never leaves the client.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +62,54 @@ def local_proc(model: nn.Module, client_data: ClientData, transform: BatchTransf
     return Upload(client_data.client_id, means, counts.cpu())
 
 
-def aggregate(uploads: list[Upload]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Count-weighted mean over clients of each layer's class-wise activations.
+AGGREGATIONS = ("mean", "median", "trimmed")
 
-    Classes a client lacks get weight zero there; a class no client holds stays zero.
-    Malformed uploads raise ``ValueError`` naming the client and the layer.
+
+def aggregate(uploads: list[Upload], method: str = "mean", trim: float = 0.1,
+              max_weight: float | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Aggregate each layer's class-wise activations over clients.
+
+    ``method``:
+
+    - ``"mean"`` (default, the paper): count-weighted mean over clients. Classes a client
+      lacks get weight zero there; a class no client holds stays zero.
+    - ``"median"``: coordinate-wise median, per class and layer, over the clients that hold
+      the class (count > 0); each holder counts once whatever its count (an even number
+      of holders gives the mean of the two middle values).
+    - ``"trimmed"``: coordinate-wise trimmed mean over the holders of each class, dropping
+      ``floor(trim * holders)`` values at each end of every coordinate, then the
+      unweighted mean of the rest; ``trim`` must lie in [0, 0.5).
+
+    Each client's class row is already a per-class mean (count-normalized), so median and
+    trimmed mean compare like with like.
+
+    ``max_weight`` (only with ``"mean"``; in (0, 1]) caps any one client's share of a
+    class's total weight: shares start as count / total count over the holders; every
+    share above the cap is set to the cap and the excess is handed to the uncapped holders
+    in proportion to their counts, repeated until no share exceeds the cap (water-filling).
+    When the cap cannot be met (holders x max_weight < 1) every holder gets an equal share.
+
+    Returns ``(activations, counts)``: ``activations`` maps each layer to its
+    [num_classes, channels] float32 matrix; ``counts`` is always the plain sum of the
+    uploaded per-class counts (float64) whatever the method, i.e. what the clients report,
+    not a robust estimate. Malformed uploads raise ``ValueError`` naming the client and
+    the layer; unknown ``method``, bad ``trim`` or ``max_weight`` raise ``ValueError``
+    naming the value.
     """
+    if method not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation method {method!r}; choose one of "
+                         f"{', '.join(AGGREGATIONS)}")
+    if isinstance(trim, bool) or not isinstance(trim, numbers.Real) \
+            or not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be a number in [0, 0.5), got {trim!r}")
+    if max_weight is not None:
+        if isinstance(max_weight, bool) or not isinstance(max_weight, numbers.Real) \
+                or not 0.0 < max_weight <= 1.0:
+            raise ValueError(f"max_weight must be None or a number in (0, 1], got "
+                             f"{max_weight!r}")
+        if method != "mean":
+            raise ValueError(f"max_weight={max_weight!r} applies only to method='mean' "
+                             f"(method {method!r} already weighs every holder equally)")
     if not uploads:
         raise ValueError("aggregate needs at least one upload")
     ref = uploads[0]
@@ -93,5 +136,59 @@ def aggregate(uploads: list[Upload]) -> tuple[dict[str, torch.Tensor], torch.Ten
                                  f"are >= 0)")
             sums[n] += v.double() * up.counts.double().unsqueeze(1)
         total += up.counts.double()
-    denom = total.clamp(min=1).unsqueeze(1)
-    return {n: (v / denom).float() for n, v in sums.items()}, total
+    if method == "mean" and max_weight is None:
+        denom = total.clamp(min=1).unsqueeze(1)
+        return {n: (v / denom).float() for n, v in sums.items()}, total
+    counts = torch.stack([up.counts.double() for up in uploads])  # [clients, classes]
+    out = {n: torch.zeros(s, dtype=torch.float64) for n, s in shapes.items()}
+    for c in range(num_classes):
+        holders = torch.nonzero(counts[:, c] > 0).flatten()
+        if holders.numel() == 0:
+            continue
+        if method == "mean":
+            share = capped_shares(counts[holders, c], max_weight)
+        for n in shapes:
+            rows = torch.stack([uploads[int(i)].means[n][c].double() for i in holders])
+            if method == "mean":
+                out[n][c] = share @ rows
+            elif method == "median":
+                out[n][c] = _median(rows)
+            else:
+                k = int(trim * rows.shape[0] + 1e-9)  # floor, robust to 0.29 * 100
+                kept = rows.sort(dim=0).values[k:rows.shape[0] - k]
+                out[n][c] = kept.mean(dim=0)
+    return {n: v.float() for n, v in out.items()}, total
+
+
+def _median(rows: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median over dim 0 (mean of the two middle values when even)."""
+    s = rows.sort(dim=0).values
+    m = s.shape[0]
+    return s[m // 2] if m % 2 else (s[m // 2 - 1] + s[m // 2]) / 2
+
+
+def capped_shares(weights: torch.Tensor, max_weight: float | None) -> torch.Tensor:
+    """Normalized ``weights`` (all > 0) with no share above ``max_weight``.
+
+    Water-filling: shares above the cap are set to it and the excess is redistributed over
+    the uncapped entries in proportion to their weights, until none exceeds the cap. If
+    ``len(weights) * max_weight < 1`` the cap is infeasible and all shares are equal.
+    """
+    w = weights.double()
+    share = w / w.sum()
+    if max_weight is None:
+        return share
+    n = w.numel()
+    if n * max_weight <= 1.0 + 1e-12:
+        return torch.full_like(share, 1.0 / n)
+    capped = torch.zeros(n, dtype=torch.bool)
+    for _ in range(n):
+        over = (share > max_weight + 1e-12) & ~capped
+        if not over.any():
+            break
+        capped |= over
+        free = ~capped
+        share = torch.where(capped, torch.full_like(share, max_weight), share)
+        rest = 1.0 - max_weight * int(capped.sum())
+        share[free] = rest * w[free] / w[free].sum()
+    return share

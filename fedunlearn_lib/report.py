@@ -140,3 +140,22 @@ def ablation_figure(histories: dict[str, list[dict]], target: float,
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def robustness_figure(summary: pd.DataFrame) -> plt.Figure:
+    """Per attack, the Jaccard overlap with the honest selection and the U-set accuracy
+    after pruning against the poisoned fraction, one line per defence."""
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+    attacks = list(dict.fromkeys(summary["attack"]))
+    fig, axes = plt.subplots(2, len(attacks), figsize=(4.5 * len(attacks), 6.5), squeeze=False)
+    for col, attack in enumerate(attacks):
+        part = summary[summary["attack"] == attack]
+        for defence, rows in part.groupby("defence", sort=False):
+            axes[0, col].plot(100 * rows["f"], rows["Jaccard mean"], marker="o", label=defence)
+            axes[1, col].plot(100 * rows["f"], rows["pruned U"], marker="o", label=defence)
+        axes[0, col].set(title=attack, ylabel="Jaccard vs honest", ylim=(0, 1.05))
+        axes[1, col].set(xlabel="poisoned participants (%)", ylabel="U-set acc. after pruning (%)",
+                         ylim=(-2, 102))
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

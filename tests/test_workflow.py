@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-STUDIES = ("mia", "kl_distribution", "bias_fisher", "multiclass", "ablations")
+STUDIES = ("mia", "kl_distribution", "bias_fisher", "multiclass", "ablations", "robustness")
 # the kind of each rule, which picks its threads and resources in config/<profile>.yaml
 KIND = {"pretrain": "pretrain", "unlearn": "unlearn", "report": "report",
         "feature_maps": "study", **{s: "study" for s in STUDIES}}
@@ -76,7 +76,7 @@ def test_paper_profile_plans_every_experiment(paper_plan):
     assert counts["unlearn"] == 36, paper_plan
     for rule in ("feature_maps", "report", "all") + STUDIES:
         assert counts[rule] == 1, rule
-    assert counts["total"] == 66, paper_plan
+    assert counts["total"] == 67, paper_plan
 
 
 def test_paper_profile_rules_declare_the_profile_resources(paper_plan):
@@ -145,17 +145,18 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     fig = wd / "figures" / "smoke"
     figures = ("fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
-               "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations")
+               "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations", "fig_robustness")
     tables = ("table1", "table2", "table3", "table4", "table5", "table_ablations",
               "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
-              "table_idf_readings")
+              "table_idf_readings", "table_robustness")
     for name in [f"{f}.{e}" for f in figures for e in ("png", "pdf")] + \
             [f"{t}.{e}" for t in tables for e in ("csv", "md")]:
         assert (fig / name).stat().st_size > 0, name
     notebooks = wd / "results/smoke/notebooks"
     assert list(notebooks.glob(
         "03_unlearn_main_digits_resnet20_q0.1_seed0_p*_forget9-u*.ipynb"))
-    for nb in ("04_mia", "05_kl_distribution", "06_bias_fisher", "07_multiclass", "08_ablations"):
+    for nb in ("04_mia", "05_kl_distribution", "06_bias_fisher", "07_multiclass", "08_ablations",
+               "10_robustness"):
         assert (notebooks / f"{nb}.ipynb").exists(), nb
     again = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke")
     assert "Nothing to be done" in again.stdout + again.stderr
