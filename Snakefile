@@ -276,7 +276,7 @@ def study(notebook, runs, tables=(), figures=(), **params):
     return {"runs": metrics_of(runs),
             "out": expand(FIG + "/{name}.{ext}", ext=["csv", "md"], name=list(tables))
             + expand(FIG + "/{name}.{ext}", ext=["png", "pdf"], name=list(figures)),
-            "notebook": f"{NB}/{notebook}.ipynb", "params": params}
+            "notebook": f"{NB}/{notebook}.ipynb", "params": dict(sorted(params.items()))}
 
 
 def run_study(notebook, metrics, output_notebook, threads, params):
