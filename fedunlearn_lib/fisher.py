@@ -98,13 +98,6 @@ def client_statistics(model: nn.Module, client: ClientData, fed: Federation,
     return ClientStats(grads, fisher, n)
 
 
-def client_fisher(model: nn.Module, client: ClientData, fed: Federation,
-                  max_samples: int | None = None, batch_size: int = 64,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
-    """The Fisher sum of ``client_statistics`` alone."""
-    return client_statistics(model, client, fed, max_samples, batch_size, seed).fisher_sum
-
-
 def aggregate_statistics(stats: Sequence[ClientStats]
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The server's step: (Δ, F) as count-weighted means, i.e. the sum of the clients' sums
@@ -135,12 +128,6 @@ def federated_statistics(fed: Federation, num_clients: int | None = None,
     return aggregate_statistics([client_statistics(fed.model, c, fed, max_samples,
                                                    seed=fed.cfg.seed)
                                  for c in participants(fed, num_clients)])
-
-
-def federated_fisher(fed: Federation, num_clients: int | None = None,
-                     max_samples: int | None = None) -> dict[str, torch.Tensor]:
-    """The diagonal Fisher alone of ``federated_statistics``."""
-    return federated_statistics(fed, num_clients, max_samples)[1]
 
 
 @torch.no_grad()

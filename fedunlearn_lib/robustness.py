@@ -13,6 +13,7 @@ import copy
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from .attacks import poison
 from .federated import Federation
@@ -97,11 +98,9 @@ def robustness_rows(fed: Federation, target: int, cfg: UnlearnConfig,
 
 
 
-def summarize(rows: list[dict]) -> "pd.DataFrame":
+def summarize(rows: list[dict]) -> pd.DataFrame:
     """Mean over samples per attack x fraction x defence (Jaccard also as its minimum),
     accuracies in %."""
-    import pandas as pd
-
     df = pd.DataFrame(rows)
     acc = [c for c in df.columns if c.startswith(("pruned", "fine-tuned"))]
     df[acc] = 100 * df[acc]

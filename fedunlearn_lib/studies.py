@@ -20,7 +20,7 @@ from .data import BatchTransform
 from .evidence import information_left
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
 from .federated import Federation, rounds_for
-from .fisher import federated_fisher, fisher_forget
+from . import fisher as fl
 from .masking import ChannelMask
 from .mia import ATTACKS, membership_attack, model_logits
 from .procs import aggregate, local_proc
@@ -155,8 +155,6 @@ def fisher_row(run: Run, relearn_rounds: int, max_samples: int | None = None, *,
     Fine-tuning is cached in ``run.path / _fisher_dir(...)`` (method, chosen σ and damping,
     clamp, head, samples), so no other setting reuses it.
     """
-    from . import fisher as fl
-
     sigmas = fl.SIGMA_GRID if sigmas is None else tuple(float(s) for s in sigmas)
     if method == "golatkar-var":  # alpha = σ² must be > 0
         sigmas = tuple(s for s in sigmas if s > 0)
