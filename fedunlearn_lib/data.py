@@ -178,30 +178,64 @@ def _load_imagefolder(root: Path, cache_dir: str | os.PathLike | None) -> ImageD
         raise FileNotFoundError(
             f"imagefolder: {root} must contain train/<class>/* and test/<class>/* folders")
     classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
+
+    def decode() -> dict:
+        trx, try_ = _decode_split(root / "train", classes)
+        tex, tey = _decode_split(root / "test", classes)
+        xf = trx[:: max(1, len(trx) // 10000)].float() / 255
+        mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(xf.std(dim=(0, 2, 3)).tolist())
+        data = ImageData(trx, try_, tex, tey, classes, mean, std)
+        return {f.name: getattr(data, f.name) for f in fields(data)}
+
+    return ImageData(**_cached("imagefolder", root, ("train", "test"), cache_dir, decode))
+
+
+def load_client_folder(root: str | os.PathLike, classes: tuple[str, ...],
+                       cache_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor,
+                                                                           torch.Tensor]:
+    """One client's own images, ``root/<class>/*``, labelled by their index in ``classes``
+    (the federation's class list; a client may lack some classes). A folder whose name is
+    not in ``classes`` raises ``ValueError`` naming it. Decoded once, then cached."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"client data folder {root} does not exist")
+    odd = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
+    if odd:
+        raise ValueError(f"client data folder {root} has class folder(s) {', '.join(odd)} "
+                         f"outside the federation's classes ({', '.join(classes)})")
+
+    def decode() -> dict:
+        x, y = _decode_split(root, classes, missing_ok=True)
+        return {"x": x, "y": y}
+
+    blob = _cached("client", root, (".",), cache_dir, decode)
+    return blob["x"], blob["y"]
+
+
+def _cached(kind: str, root: Path, splits: tuple[str, ...],
+            cache_dir: str | os.PathLike | None, decode) -> dict:
+    """``decode()``'s result for the images under ``root``, cached on disk and reused while
+    the file listing (paths, sizes, times) of ``splits`` is unchanged."""
     cache = Path(cache_dir or os.environ.get("FEDUNLEARN_CACHE",
                                              Path.home() / ".cache" / "fedunlearn"))
     name = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-    cache_file = cache / f"imagefolder-{name}.pt"
-    listing = _listing_digest(root)
+    cache_file = cache / f"{kind}-{name}.pt"
+    listing = _listing_digest(root, splits)
     if cache_file.exists():
         blob = load_blob(cache_file)
         if blob.get("listing") == listing:  # the same files, sizes and times: still valid
-            return ImageData(**blob["data"])
-    trx, try_ = _decode_split(root / "train", classes)
-    tex, tey = _decode_split(root / "test", classes)
-    xf = trx[:: max(1, len(trx) // 10000)].float() / 255
-    mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(xf.std(dim=(0, 2, 3)).tolist())
-    data = ImageData(trx, try_, tex, tey, classes, mean, std)
-    atomic_torch_save({"listing": listing,
-                       "data": {f.name: getattr(data, f.name) for f in fields(data)}}, cache_file)
+            return blob["data"]
+    data = decode()
+    atomic_torch_save({"listing": listing, "data": data}, cache_file)
     return data
 
 
-def _listing_digest(root: Path) -> str:
-    """Digest of every file's relative path, size and modification time under ``root``."""
+def _listing_digest(root: Path, splits: tuple[str, ...] = ("train", "test")) -> str:
+    """Digest of every file's relative path, size and modification time under ``root``'s
+    ``splits`` folders."""
     entries = []
-    for split in ("train", "test"):
+    for split in splits:
         for dirpath, _, files in os.walk(root / split):
             for f in files:
                 st = os.stat(os.path.join(dirpath, f))
@@ -210,11 +244,13 @@ def _listing_digest(root: Path) -> str:
     return digest(sorted(entries))
 
 
-def _decode_split(folder: Path, classes: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_split(folder: Path, classes: tuple[str, ...],
+                  missing_ok: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
     from tqdm.auto import tqdm
 
     files = [(f, c) for c, name in enumerate(classes)
+             if not (missing_ok and not (folder / name).is_dir())
              for f in sorted((folder / name).iterdir()) if f.is_file()]
     if not files:
         raise FileNotFoundError(f"imagefolder: no images under {folder}")

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from .data import DATASETS, ImageData, load_dataset
-from .federated import FedConfig, Federation, TrainResult, load_state, rounds_for
+from .federated import FedConfig, Federation, Remote, TrainResult, load_state, rounds_for
 from .io import (atomic_torch_save, atomic_write_json, check_identity, check_weights, load_blob,
                  state_digest)
 from .masking import ChannelMask
@@ -148,23 +148,24 @@ def new_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
 
 
 def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
-             progress: bool = True) -> Federation:
+             progress: bool = True, remote: Remote | None = None) -> Federation:
     """Federated training on all classes for ``cfg.rounds`` rounds, or to a plateau with
     ``cfg.patience`` (resumable)."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
-                     channels_last=cfg.channels_last, progress=progress, desc="pretrain")
+                     channels_last=cfg.channels_last, progress=progress, desc="pretrain",
+                     remote=remote)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
 
 def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
-            progress: bool = True) -> Federation:
+            progress: bool = True, remote: Remote | None = None) -> Federation:
     """The baseline: from scratch, remaining classes only, same budget and plateau rule."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      exclude=cfg.forget, device=cfg.device, checkpoint=out / "retrain.pt",
                      identity=identity(cfg), channels_last=cfg.channels_last,
-                     progress=progress, desc="retrain")
+                     progress=progress, desc="retrain", remote=remote)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
@@ -172,13 +173,15 @@ def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
 def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
              mask: ChannelMask | None, checkpoint: Path, target: float | None,
              max_rounds: int | None = None, progress: bool = True,
-             desc: str = "fine-tune") -> tuple[Federation, TrainResult]:
+             desc: str = "fine-tune",
+             remote: Remote | None = None) -> tuple[Federation, TrainResult]:
     """Federated training on the remaining classes until the strict stop rule holds
     (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``, on the validation
     split when there is one), resumable; ``target=None`` trains for the whole budget."""
     ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
                     mask=mask, device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
-                    channels_last=cfg.channels_last, progress=progress, desc=desc)
+                    channels_last=cfg.channels_last, progress=progress, desc=desc,
+                    remote=remote)
     result = ft.train_until(target, max_rounds or cfg.finetune_rounds or cfg.rounds,
                             max_u=cfg.strict_u)
     if not checkpoint.exists():  # target met before any round: keep the model all the same
@@ -227,14 +230,17 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool = True,
-                   pretrained: str | os.PathLike | None = None) -> dict:
+                   pretrained: str | os.PathLike | None = None,
+                   remote: Remote | None = None) -> dict:
     """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
 
     Fine-tuning stops by the strict rule; ``rounds_finetune`` is the paper's rule (first
     round with R-set accuracy >= target), ``rounds_finetune_strict`` the strict one.
     Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
     ``pretrained`` names a finished pretraining checkpoint to use instead of
-    ``out/pretrain.pt`` (it is read, never written, when it is complete).
+    ``out/pretrain.pt`` (it is read, never written, when it is complete). With ``remote``
+    every round trains on clients outside this process (the Flower app); this process
+    keeps the data only for its test and validation splits.
     """
     data = prepare_data(cfg)
     if cfg.threads:
@@ -243,16 +249,17 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(asdict(cfg), out / "config.json")
 
-    pre = pretrain(cfg, data, Path(pretrained) if pretrained else out / "pretrain.pt", progress)
+    pre = pretrain(cfg, data, Path(pretrained) if pretrained else out / "pretrain.pt", progress,
+                   remote)
     raw = pre.scores()
-    re = retrain(cfg, data, out, progress)
+    re = retrain(cfg, data, out, progress, remote)
     retrained = re.scores()
     decide = re.decision_key  # the stop rules read the validation split when there is one
     target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained[decide]
 
     pruned = prune(cfg, pre, out)
     ft, result = finetune(cfg, data, pruned["model"], ChannelMask(pruned["mask"]),
-                          out / "finetune.pt", target, progress=progress)
+                          out / "finetune.pt", target, progress=progress, remote=remote)
     finetuned = ft.scores()
 
     rounds_retrain = rounds_for(re.history, target, decide)

@@ -5,7 +5,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from .io import (atomic_torch_save, check_identity, check_weights, digest, load_
                  state_digest)
 from .masking import ChannelMask
 from .partition import fang_partition
+
+if TYPE_CHECKING:
+    from .procs import Upload
 
 ALGORITHMS = ("fedavg", "fedsgd")
 
@@ -95,8 +98,11 @@ class Federation:
                  mask: ChannelMask | None = None, device: torch.device | str = "cpu",
                  partition: list[torch.Tensor] | None = None,
                  checkpoint: str | os.PathLike | None = None, identity: dict | None = None,
-                 channels_last: bool = False, progress: bool = True, desc: str = "rounds") -> None:
+                 channels_last: bool = False, progress: bool = True, desc: str = "rounds",
+                 remote: "Remote | None" = None) -> None:
         cfg.validate()
+        self.remote = remote
+        self.exclude = sorted(int(c) for c in exclude)
         self.cfg, self.device, self.progress, self.desc = cfg, torch.device(device), progress, desc
         self.model = model.to(self.device)
         if channels_last:
@@ -105,8 +111,11 @@ class Federation:
         self.mask.apply(self.model)
         self.data = data.to(self.device)
         self.transform = BatchTransform(data.mean, data.std, self.device, channels_last)
-        parts = partition if partition is not None else fang_partition(
-            data.train_y, cfg.num_clients, cfg.q, data.num_classes, cfg.seed)
+        if remote is not None:  # the clients and their data live elsewhere
+            parts = [torch.zeros(0, dtype=torch.long)] * cfg.num_clients
+        else:
+            parts = partition if partition is not None else fang_partition(
+                data.train_y, cfg.num_clients, cfg.q, data.num_classes, cfg.seed)
         if len(parts) != cfg.num_clients:
             raise ValueError(f"partition has {len(parts)} clients, config says "
                              f"num_clients={cfg.num_clients}")
@@ -127,7 +136,7 @@ class Federation:
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.identity = None if self.checkpoint is None else {
             **(identity or {}), "federation": asdict(cfg), "data": data.fingerprint,
-            "exclude": sorted(int(c) for c in exclude), "mask": self.mask.state(),
+            "exclude": self.exclude, "mask": self.mask.state(),
             "partition": None if partition is None else digest(partition),
             "start_weights": state_digest(self.model)}
         self.server_opt = None
@@ -146,8 +155,16 @@ class Federation:
                                  replace=False).tolist())
 
     def run_round(self) -> float:
-        """Run the next round; return the mean training loss over sampled samples."""
+        """Run the next round; return the mean training loss over sampled samples.
+
+        With a ``remote`` (for example the Flower app's server side) the sampled clients
+        train wherever their data lives; otherwise in this process."""
         rnd = self.round + 1
+        if self.remote is not None:
+            loss = self.remote.train_round(self, self.sample_clients(rnd), rnd)
+            self.mask.apply(self.model)
+            self.round = rnd
+            return loss
         chosen = [self.clients[c] for c in self.sample_clients(rnd)]
         chosen = [c for c in chosen if len(c) >= 2]
         if not chosen:
@@ -160,14 +177,6 @@ class Federation:
         self.round = rnd
         return loss
 
-    def _batches(self, n: int, g: torch.Generator, shuffle: bool = True):
-        order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-        order = order.to(self.device)
-        for s in range(0, n, self.cfg.batch_size):
-            idx = order[s:s + self.cfg.batch_size]
-            if len(idx) >= 2:  # BatchNorm needs two samples in training mode
-                yield idx
-
     def _fedavg_round(self, chosen: list[ClientData], rnd: int) -> float:
         cfg, model = self.cfg, self.model
         live = list(model.state_dict().values())
@@ -176,23 +185,12 @@ class Federation:
         acc = [torch.zeros_like(t) for t in floats]
         total, seen = 0, 0
         loss_sum = torch.zeros((), device=self.device)  # no host sync per step
-        model.train()
         for client in chosen:
             torch._foreach_copy_(floats, start)
-            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
-            g = client_generator(self.cfg.seed, rnd, client.client_id)
-            for _ in range(cfg.local_epochs):
-                for idx in self._batches(len(client), g):
-                    x = self.transform(client.x[idx], g, cfg.augment)
-                    loss = F.cross_entropy(model(x), client.y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if len(self.mask):
-                        self.mask.apply(model)
-                    loss_sum += loss.detach() * len(idx)
-                    seen += len(idx)
+            client_loss, client_seen = local_train(model, client, self.transform, cfg, rnd,
+                                                   self.mask)
+            loss_sum += client_loss
+            seen += client_seen
             torch._foreach_add_(acc, floats, alpha=float(len(client)))
             total += len(client)
         torch._foreach_mul_(acc, 1.0 / total)
@@ -209,7 +207,7 @@ class Federation:
         for client in chosen:
             g = client_generator(self.cfg.seed, rnd, client.client_id)
             model.zero_grad(set_to_none=False)
-            for idx in self._batches(len(client), g, shuffle=False):
+            for idx in batches(len(client), cfg.batch_size, g, self.device, shuffle=False):
                 x = self.transform(client.x[idx], g, cfg.augment)
                 loss = F.cross_entropy(model(x), client.y[idx], reduction="sum")
                 loss.backward()
@@ -327,6 +325,58 @@ class Federation:
         self.elapsed = blob["elapsed"]
         if self.server_opt is not None and blob["server_opt"] is not None:
             self.server_opt.load_state_dict(blob["server_opt"])
+
+
+class Remote(Protocol):
+    """Clients that live outside this process (the Flower app's server side)."""
+
+    def train_round(self, fed: "Federation", chosen: list[int], rnd: int) -> float:
+        """Train ``fed.model`` on the clients ``chosen`` for round ``rnd`` (FedAvg), update
+        it in place, and return the mean training loss."""
+
+    def holders(self, cls: int) -> list[int]:
+        """The clients holding at least one image of class ``cls``."""
+
+    def local_procs(self, fed: "Federation", chosen: list[int],
+                    max_samples: int | None) -> list["Upload"]:
+        """The local proc of every client in ``chosen`` on ``fed.model``."""
+
+
+def batches(n: int, batch_size: int, g: torch.Generator, device: torch.device,
+            shuffle: bool = True):
+    """Index batches over ``n`` samples in the order ``g`` draws, skipping any batch of
+    one sample (BatchNorm needs two in training mode)."""
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    order = order.to(device)
+    for s in range(0, n, batch_size):
+        idx = order[s:s + batch_size]
+        if len(idx) >= 2:
+            yield idx
+
+
+def local_train(model: nn.Module, client: ClientData, transform: BatchTransform,
+                cfg: FedConfig, rnd: int, mask: ChannelMask) -> tuple[torch.Tensor, int]:
+    """One client's FedAvg update of ``model`` in place: ``cfg.local_epochs`` epochs of SGD,
+    data order and augmentation drawn from ``client_generator``, masked channels zeroed
+    after every step. Returns the summed training loss (a tensor) and the samples seen."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    g = client_generator(cfg.seed, rnd, client.client_id)
+    device = client.y.device
+    loss_sum, seen = torch.zeros((), device=device), 0
+    model.train()
+    for _ in range(cfg.local_epochs):
+        for idx in batches(len(client), cfg.batch_size, g, device):
+            x = transform(client.x[idx], g, cfg.augment)
+            loss = F.cross_entropy(model(x), client.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if len(mask):
+                mask.apply(model)
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+    return loss_sum, seen
 
 
 def client_generator(seed: int, rnd: int, client: int) -> torch.Generator:

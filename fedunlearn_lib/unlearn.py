@@ -54,15 +54,18 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
     cfg.validate()
     num_classes = fed.data.num_classes
     n_score = cfg.score_clients or fed.cfg.clients_per_round
-    if not 1 <= n_score <= len(fed.clients):
-        raise ValueError(f"score_clients={n_score} must lie in [1, {len(fed.clients)}]")
+    if not 1 <= n_score <= fed.cfg.num_clients:
+        raise ValueError(f"score_clients={n_score} must lie in [1, {fed.cfg.num_clients}]")
     mask = ChannelMask(fed.mask.state())
     info = []
     for k, cls in enumerate(forget):
         chosen = score_participants(fed, cls, n_score, cfg.score_from, k)
         t0 = time.perf_counter()
-        uploads = [local_proc(fed.model, fed.clients[c], fed.transform, num_classes,
-                              max_samples=cfg.score_samples) for c in chosen]
+        if fed.remote is not None:
+            uploads = fed.remote.local_procs(fed, chosen, cfg.score_samples)
+        else:
+            uploads = [local_proc(fed.model, fed.clients[c], fed.transform, num_classes,
+                                  max_samples=cfg.score_samples) for c in chosen]
         t1 = time.perf_counter()
         activations, counts = aggregate(uploads)
         if counts[cls] == 0:
@@ -90,11 +93,12 @@ def score_participants(fed: Federation, cls: int, n: int, score_from: str,
     all clients (``score_from="all"``, the paper) or among those holding the class
     (``"holders"``); deterministic in the federation seed and ``draw``."""
     if score_from == "holders":
-        pool = [c.client_id for c in fed.clients if bool((c.y == cls).any())]
+        pool = fed.remote.holders(cls) if fed.remote is not None else \
+            [c.client_id for c in fed.clients if bool((c.y == cls).any())]
         if not pool:
             raise ValueError(f"no client holds class {cls}; nothing to score it on")
     elif score_from == "all":
-        pool = [c.client_id for c in fed.clients]
+        pool = list(range(fed.cfg.num_clients))
     else:
         raise ValueError(f"unknown score_from {score_from!r}; choose one of "
                          f"{', '.join(SCORE_FROM)}")
