@@ -59,7 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fields(run, ExperimentConfig, "experiment")
     for title, cls in _SECTIONS.items():
         _add_fields(run, cls, title)
+    split = sub.add_parser("split", help="write each client's training images to a folder "
+                                         "of its own (a Flower node's data-dir)")
+    split.add_argument("--dataset", required=True)
+    split.add_argument("--data-root")
+    split.add_argument("--num-clients", type=int, required=True)
+    split.add_argument("--q", type=float, default=0.1, help="Fang bias probability (used "
+                       "when there are at least as many clients as classes)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", required=True)
     return parser
+
+
+def split_clients(args: argparse.Namespace) -> list[str]:
+    """The ``split`` command: Fang's split when every class can have a client group,
+    otherwise a uniform (IID) random split; one folder per client."""
+    import torch
+
+    from .data import load_dataset, write_client_folders
+    from .partition import fang_partition
+
+    if args.num_clients < 1:
+        raise ValueError(f"--num-clients must be >= 1, got {args.num_clients}")
+    data = load_dataset(args.dataset, args.data_root)
+    if args.num_clients >= data.num_classes:
+        parts = fang_partition(data.train_y, args.num_clients, args.q, data.num_classes,
+                               args.seed)
+    else:
+        order = torch.randperm(len(data.train_y),
+                               generator=torch.Generator().manual_seed(args.seed))
+        parts = [p.sort().values for p in order.chunk(args.num_clients)]
+    return [str(f) for f in write_client_folders(data, parts, args.out)]
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -82,6 +112,13 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "split":
+        try:
+            print("\n".join(split_clients(args)))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg = config_from_args(args)
         metrics = run_experiment(cfg, args.out, progress=not args.quiet)

@@ -213,6 +213,24 @@ def load_client_folder(root: str | os.PathLike, classes: tuple[str, ...],
     return blob["x"], blob["y"]
 
 
+def write_client_folders(data: ImageData, parts: list[torch.Tensor],
+                         out: str | os.PathLike) -> list[Path]:
+    """Write each client's training images as ``out/<client>/<class>/<index>.png`` (the
+    layout ``load_client_folder`` reads); returns the client folders."""
+    from PIL import Image
+
+    out = Path(out)
+    folders = []
+    for cid, idx in enumerate(parts):
+        folder = out / str(cid)
+        for i in idx.tolist():
+            target = folder / data.classes[int(data.train_y[i])] / f"{i}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(data.train_x[i].permute(1, 2, 0).cpu().numpy()).save(target)
+        folders.append(folder)
+    return folders
+
+
 def _cached(kind: str, root: Path, splits: tuple[str, ...],
             cache_dir: str | os.PathLike | None, decode) -> dict:
     """``decode()``'s result for the images under ``root``, cached on disk and reused while

@@ -177,3 +177,13 @@ def test_client_folder_lacking_a_class_and_naming_an_unknown_one(tmp_path):
     assert x.shape == (4, 3, 32, 32) and y.tolist() == [1, 1, 2, 2]
     with pytest.raises(ValueError, match="dog"):
         load_client_folder(tmp_path / "node", ("bird", "cat"), cache_dir=tmp_path)
+
+
+def test_pyproject_run_config_lists_every_key_with_the_library_defaults():
+    import tomllib
+
+    from fedunlearn_lib.experiment import ExperimentConfig
+    from fedunlearn_lib.flower.records import APP_DEFAULTS
+    conf = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    cfg, app = experiment_config(conf["tool"]["flwr"]["app"]["config"])
+    assert cfg == ExperimentConfig() and app == APP_DEFAULTS

@@ -6,7 +6,7 @@ Node config (``flower-supernode --node-config``; the simulation sets the first t
   run's data set split by ``fang_partition`` exactly as the in-process simulator splits it
   (``num-partitions`` must equal the run's ``num-clients``);
 - or ``data-dir`` and ``client-id``: this node's own images, ``data-dir/<class>/*``;
-- ``threads`` (optional): torch threads on this node.
+- ``threads`` (optional): torch threads on this node (else the run config's ``threads``).
 
 Only weights, counts, losses and the local proc's class x channel matrices leave the node.
 """
@@ -67,8 +67,9 @@ def _folder(path: str, classes_json: str, client_id: int) -> ClientData:
 def node(msg: Message, context: Context) -> Node:
     """This node's data, as its node config says, and the federation's normalization."""
     conf, nc = msg.content["config"], context.node_config
-    if "threads" in nc:
-        torch.set_num_threads(int(nc["threads"]))
+    threads = nc.get("threads", context.run_config.get("threads", "none"))
+    if str(threads) != "none":
+        torch.set_num_threads(int(threads))
     if "partition-id" in nc:
         data = _partition(json.dumps(dict(context.run_config), sort_keys=True),
                           int(nc["partition-id"]), int(nc["num-partitions"]))

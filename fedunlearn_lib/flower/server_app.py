@@ -200,6 +200,9 @@ def _zero_upload(fed: Federation) -> Upload:
 def main(grid: Grid, context: Context) -> None:
     """Pretrain (or load), retrain, unlearn and fine-tune; write ``out/metrics.json``."""
     cfg, settings = experiment_config(context.run_config)
+    if cfg.federation.algorithm != "fedavg":
+        raise ValueError(f"the Flower app trains with FedAvg; algorithm="
+                         f"{cfg.federation.algorithm!r} runs only in the in-process simulator")
     if cfg.unlearning.apply != "mask":
         raise ValueError(f"the Flower app prunes by masking; apply={cfg.unlearning.apply!r} "
                          f"(channel removal) runs only in the in-process simulator")
