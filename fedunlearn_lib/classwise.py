@@ -35,3 +35,22 @@ def accuracy_kl(reference: Sequence[float], other: Sequence[float],
         raise ValueError("accuracies must be >= 0 and not all zero")
     p, q = p / p.sum(), q / q.sum()
     return float(np.sum(np.where(p > 0, p * np.log((p + eps) / (q + eps)), 0.0)))
+
+
+def softmax_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean over images of KL(softmax(reference) ‖ softmax(other)), in nats: how far a
+    model's per-image predictions lie from a reference model's (the retrained model) on the
+    same images."""
+    if reference_logits.shape != logits.shape or reference_logits.ndim != 2 \
+            or len(logits) == 0:
+        raise ValueError(f"need two [images, classes] logit matrices of one shape, got "
+                         f"{tuple(reference_logits.shape)} and {tuple(logits.shape)}")
+    log_p = torch.log_softmax(reference_logits.double(), dim=1)
+    log_q = torch.log_softmax(logits.double(), dim=1)
+    return float((log_p.exp() * (log_p - log_q)).sum(dim=1).mean())
+
+
+def prediction_histogram(logits: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Share of images predicted as each class (where a forgotten class's images go)."""
+    pred = logits.argmax(1)
+    return (torch.bincount(pred, minlength=num_classes).double() / max(len(pred), 1)).numpy()

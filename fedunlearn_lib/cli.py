@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--q", type=float, default=0.1, help="Fang bias probability (used "
                        "when there are at least as many clients as classes)")
     split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--train-per-class", type=int,
+                       help="a class-balanced subset of the training images first")
     split.add_argument("--out", required=True)
     return parser
 
@@ -82,6 +84,8 @@ def split_clients(args: argparse.Namespace) -> list[str]:
     if args.num_clients < 1:
         raise ValueError(f"--num-clients must be >= 1, got {args.num_clients}")
     data = load_dataset(args.dataset, args.data_root)
+    if args.train_per_class:
+        data = data.subset(args.train_per_class, None, seed=args.seed)
     if args.num_clients >= data.num_classes:
         parts = fang_partition(data.train_y, args.num_clients, args.q, data.num_classes,
                                args.seed)

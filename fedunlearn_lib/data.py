@@ -45,6 +45,8 @@ class ImageData:
     std: tuple[float, float, float]
     val_x: torch.Tensor | None = None  # validation split (decisions), held out of test
     val_y: torch.Tensor | None = None
+    crop_padding: int = 4  # training augmentation that suits the images: random crop
+    flip: bool = True  # after this much zero padding, and a horizontal flip or not
 
     @property
     def num_classes(self) -> int:
@@ -96,7 +98,8 @@ class ImageData:
     def fingerprint(self) -> str:
         """Digest of every image, label, class name and normalization: the data's identity."""
         return digest([self.classes, self.mean, self.std, self.train_x, self.train_y,
-                       self.test_x, self.test_y, self.val_x, self.val_y])
+                       self.test_x, self.test_y, self.val_x, self.val_y, self.crop_padding,
+                       self.flip])
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = True,
@@ -130,7 +133,9 @@ def _load_digits() -> ImageData:
     xf = x[tr].float() / 255
     mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
     std = tuple(xf.std(dim=(0, 2, 3)).tolist())
-    return ImageData(x[tr], y[tr], x[te], y[te], tuple(str(i) for i in range(10)), mean, std)
+    # digits are not mirror-symmetric and fill the frame: no flip, a 2-pixel crop
+    return ImageData(x[tr], y[tr], x[te], y[te], tuple(str(i) for i in range(10)), mean, std,
+                     crop_padding=2, flip=False)
 
 
 def _read_cifar_pickles(key: str, root: Path) -> ImageData:
@@ -286,11 +291,15 @@ def _decode_split(folder: Path, classes: tuple[str, ...],
 class BatchTransform:
     """Normalize (and optionally augment) whole uint8 batches on their device.
 
-    Augmentation is a random crop with 4-pixel zero padding and a horizontal flip.
+    Augmentation is a random crop after ``padding`` pixels of zero padding and, with
+    ``flip``, a random horizontal flip (``ImageData.crop_padding`` and ``flip`` say which
+    suits a data set).
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...],
-                 device: torch.device | str = "cpu", channels_last: bool = False) -> None:
+                 device: torch.device | str = "cpu", channels_last: bool = False,
+                 padding: int = 4, flip: bool = True) -> None:
+        self.padding, self.flip = padding, flip
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -298,24 +307,26 @@ class BatchTransform:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
                  augment: bool = False) -> torch.Tensor:
         if augment:
-            x = random_crop_flip(x, generator)
+            x = random_crop_flip(x, generator, self.padding, self.flip)
         out = (x.float() - self.mean) * self.inv_std
         return out.contiguous(memory_format=self.memory_format)
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
-                     padding: int = 4) -> torch.Tensor:
-    """Random crop after zero padding plus random horizontal flip, for a whole NCHW batch."""
+                     padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop after zero padding plus (with ``flip``) a random horizontal flip, for a
+    whole NCHW batch."""
     n, _, h, w = x.shape
     dev = x.device
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=gen_dev).to(dev)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=gen_dev).to(dev)
-    flip = torch.rand(n, generator=generator, device=gen_dev).to(dev) < 0.5
+    mirror = torch.rand(n, generator=generator, device=gen_dev).to(dev) < 0.5 if flip \
+        else torch.zeros(n, dtype=torch.bool, device=dev)
     xp = F.pad(x, (padding,) * 4)
     rows = oy[:, None] + torch.arange(h, device=dev)  # n,h
     cols = ox[:, None] + torch.arange(w, device=dev)  # n,w
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    cols = torch.where(mirror[:, None], cols.flip(1), cols)
     idx_n = torch.arange(n, device=dev)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n,h,w,c
     return out.permute(0, 3, 1, 2)

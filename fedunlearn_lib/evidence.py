@@ -14,11 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch import nn
 
-from .data import ImageData
+from .data import BatchTransform, ImageData
 from .federated import FedConfig, Federation
 from .io import atomic_write_json, state_digest
+from .masking import ChannelMask
 from .probe import probe_accuracy
 
 
@@ -53,3 +55,33 @@ def information_left(name: str, model: nn.Module, data: ImageData, cfg: FedConfi
               "probe": probe_accuracy(model, data, forget, seed=cfg.seed)}
     atomic_write_json({"key": key, "result": result}, path)
     return result
+
+
+@torch.no_grad()
+def bn_recall(model: nn.Module, data: ImageData, forget: Sequence[int],
+              mask: ChannelMask | None = None, batch_size: int = 500) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated on the
+    retained classes' training images (cumulative average over one pass, no weight
+    changes), masked channels kept at zero: pruning-based forgetting that lives in the
+    running statistics comes back here."""
+    out = copy.deepcopy(model)
+    bns = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError("the model has no BatchNorm layer to re-estimate")
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts alike
+    keep = ~torch.isin(data.train_y, torch.tensor(list(forget), dtype=torch.long,
+                                                  device=data.train_y.device))
+    x = data.train_x[keep]
+    transform = BatchTransform(data.mean, data.std, x.device)
+    out.train()
+    for s in range(0, len(x), batch_size):
+        if len(x[s:s + batch_size]) >= 2:
+            out(transform(x[s:s + batch_size]))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    if mask is not None:
+        mask.apply(out)
+    return out.eval()

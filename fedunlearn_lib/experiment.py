@@ -5,7 +5,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class ExperimentConfig:
     patience: int | None = None  # stop pre-/retraining after this many rounds without gain
     # in validation R-set accuracy (a plateau); None = train for all `rounds`
     finetune_rounds: int | None = None  # None = rounds
+    finetune_lr: float | None = None  # constant fine-tuning lr; None = federation.lr
     target_r_acc: float | None = None  # None = what retraining reaches
     strict_u: float = 0.01  # strict stop rule: U-set accuracy <= this in the target round
     train_per_class: int | None = None  # class-balanced subset; None = all
@@ -98,6 +99,8 @@ class ExperimentConfig:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.strict_u <= 1.0:
             raise ValueError(f"strict_u must lie in [0, 1], got {self.strict_u}")
+        if self.finetune_lr is not None and self.finetune_lr <= 0:
+            raise ValueError(f"finetune_lr must be > 0 or None, got {self.finetune_lr}")
         if self.target_r_acc is not None and not 0.0 < self.target_r_acc <= 1.0:
             raise ValueError(f"target_r_acc must lie in (0, 1], got {self.target_r_acc}")
         if self.dataset != "digits" and (self.data_root is None
@@ -154,18 +157,19 @@ def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
                      channels_last=cfg.channels_last, progress=progress, desc="pretrain",
-                     remote=remote)
+                     remote=remote, lr_rounds=cfg.rounds)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
 
 def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
             progress: bool = True, remote: Remote | None = None) -> Federation:
-    """The baseline: from scratch, remaining classes only, same budget and plateau rule."""
+    """The baseline: from scratch, remaining classes only, same budget, learning-rate
+    schedule and plateau rule as pretraining."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      exclude=cfg.forget, device=cfg.device, checkpoint=out / "retrain.pt",
                      identity=identity(cfg), channels_last=cfg.channels_last,
-                     progress=progress, desc="retrain", remote=remote)
+                     progress=progress, desc="retrain", remote=remote, lr_rounds=cfg.rounds)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
@@ -177,8 +181,9 @@ def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
              remote: Remote | None = None) -> tuple[Federation, TrainResult]:
     """Federated training on the remaining classes until the strict stop rule holds
     (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``, on the validation
-    split when there is one), resumable; ``target=None`` trains for the whole budget."""
-    ft = Federation(model, data, cfg.federation, forget=cfg.forget, exclude=cfg.forget,
+    split when there is one), resumable; ``target=None`` trains for the whole budget.
+    The learning rate is ``finetune_config``'s, constant."""
+    ft = Federation(model, data, finetune_config(cfg), forget=cfg.forget, exclude=cfg.forget,
                     mask=mask, device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
                     channels_last=cfg.channels_last, progress=progress, desc=desc,
                     remote=remote)
@@ -187,6 +192,12 @@ def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
     if not checkpoint.exists():  # target met before any round: keep the model all the same
         ft.save_checkpoint()
     return ft, result
+
+
+def finetune_config(cfg: ExperimentConfig) -> FedConfig:
+    """The federation config of fine-tuning: ``finetune_lr`` (if set) as a constant rate."""
+    return replace(cfg.federation, lr=cfg.finetune_lr or cfg.federation.lr,
+                   lr_schedule="constant", warmup_rounds=0)
 
 
 def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | None:

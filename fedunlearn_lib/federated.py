@@ -1,9 +1,10 @@
 """Federated simulation: FedAvg and FedSGD over Fang-partitioned clients, with checkpoints."""
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .procs import Upload
 
 ALGORITHMS = ("fedavg", "fedsgd")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -35,7 +37,10 @@ class FedConfig:
     q: float = 0.1
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.1
+    lr_schedule: str = "cosine"  # over a training run's rounds (pretraining, retraining);
+    # "constant": lr throughout
+    warmup_rounds: int = 0  # linear warm-up to lr over the first rounds (with lr_rounds)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True
@@ -57,6 +62,26 @@ class FedConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of "
+                             f"{', '.join(LR_SCHEDULES)}")
+        if self.warmup_rounds < 0:
+            raise ValueError(f"warmup_rounds must be >= 0, got {self.warmup_rounds!r}")
+
+    def lr_at(self, rnd: int, lr_rounds: int | None) -> float:
+        """The learning rate of round ``rnd`` (1-based) of a training run of ``lr_rounds``
+        rounds: linear warm-up over ``warmup_rounds``, then constant or a cosine decay that
+        ends one step short of 0 in round ``lr_rounds``. Without ``lr_rounds`` (fine-tuning,
+        open-ended runs) the rate is ``lr`` throughout."""
+        if lr_rounds is None:
+            return self.lr
+        if rnd <= self.warmup_rounds:
+            return self.lr * rnd / self.warmup_rounds
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(lr_rounds - self.warmup_rounds, 1)
+        done = min(rnd - 1 - self.warmup_rounds, span)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * done / span))
 
 
 @dataclass
@@ -99,8 +124,9 @@ class Federation:
                  partition: list[torch.Tensor] | None = None,
                  checkpoint: str | os.PathLike | None = None, identity: dict | None = None,
                  channels_last: bool = False, progress: bool = True, desc: str = "rounds",
-                 remote: "Remote | None" = None) -> None:
+                 remote: "Remote | None" = None, lr_rounds: int | None = None) -> None:
         cfg.validate()
+        self.lr_rounds = lr_rounds
         self.remote = remote
         self.exclude = sorted(int(c) for c in exclude)
         self.cfg, self.device, self.progress, self.desc = cfg, torch.device(device), progress, desc
@@ -110,7 +136,8 @@ class Federation:
         self.mask = mask or ChannelMask()
         self.mask.apply(self.model)
         self.data = data.to(self.device)
-        self.transform = BatchTransform(data.mean, data.std, self.device, channels_last)
+        self.transform = BatchTransform(data.mean, data.std, self.device, channels_last,
+                                        data.crop_padding, data.flip)
         if remote is not None:  # the clients and their data live elsewhere
             parts = [torch.zeros(0, dtype=torch.long)] * cfg.num_clients
         else:
@@ -138,6 +165,7 @@ class Federation:
             **(identity or {}), "federation": asdict(cfg), "data": data.fingerprint,
             "exclude": self.exclude, "mask": self.mask.state(),
             "partition": None if partition is None else digest(partition),
+            "lr_rounds": lr_rounds,
             "start_weights": state_digest(self.model)}
         self.server_opt = None
         if cfg.algorithm == "fedsgd":
@@ -148,6 +176,10 @@ class Federation:
             self._resume()
 
     # ---------------------------------------------------------------- rounds
+    def round_config(self, rnd: int) -> FedConfig:
+        """The federation config of round ``rnd``, its scheduled learning rate in ``lr``."""
+        return replace(self.cfg, lr=self.cfg.lr_at(rnd, self.lr_rounds))
+
     def sample_clients(self, rnd: int) -> list[int]:
         """The clients taking part in round ``rnd`` (deterministic in seed and round)."""
         rng = np.random.default_rng([self.cfg.seed, rnd])
@@ -178,7 +210,7 @@ class Federation:
         return loss
 
     def _fedavg_round(self, chosen: list[ClientData], rnd: int) -> float:
-        cfg, model = self.cfg, self.model
+        cfg, model = self.round_config(rnd), self.model
         live = list(model.state_dict().values())
         floats = [t for t in live if t.is_floating_point()]
         start = [t.clone() for t in floats]
@@ -198,7 +230,9 @@ class Federation:
         return loss_sum.item() / max(seen, 1)
 
     def _fedsgd_round(self, chosen: list[ClientData], rnd: int) -> float:
-        cfg, model = self.cfg, self.model
+        cfg, model = self.round_config(rnd), self.model
+        for group in self.server_opt.param_groups:
+            group["lr"] = cfg.lr
         params = [p for p in model.parameters() if p.requires_grad]
         acc = [torch.zeros_like(p) for p in params]
         total = 0

@@ -44,3 +44,24 @@ class _Constant(nn.Module):
 def test_per_class_accuracy_of_a_constant_predictor(small_digits):
     acc = per_class_accuracy(_Constant(), small_digits)
     assert acc.shape == (10,) and acc[2] == 1.0 and np.delete(acc, 2).sum() == 0
+
+
+def test_softmax_kl_by_hand():
+    import math
+
+    from fedunlearn_lib.classwise import softmax_kl
+    ref = torch.tensor([[0.0, 0.0]])  # p = (1/2, 1/2)
+    other = torch.tensor([[math.log(3.0), 0.0]])  # q = (3/4, 1/4)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert softmax_kl(ref, other) == pytest.approx(expected, abs=1e-7)
+    # mean over images; identical predictions (up to a shift of the logits) give 0
+    both = torch.cat([ref, ref + 5.0])
+    assert softmax_kl(both, torch.cat([other, ref])) == pytest.approx(expected / 2, abs=1e-7)
+    with pytest.raises(ValueError, match=r"\(1, 2\) and \(1, 3\)"):
+        softmax_kl(ref, torch.zeros(1, 3))
+
+
+def test_prediction_histogram_counts_where_images_go():
+    from fedunlearn_lib.classwise import prediction_histogram
+    logits = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0, 0, 1.0]])
+    assert prediction_histogram(logits, 4).tolist() == [0.25, 0.5, 0.25, 0.0]

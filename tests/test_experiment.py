@@ -7,10 +7,8 @@ import torch
 from fedunlearn_lib import ExperimentConfig, run_experiment
 from fedunlearn_lib.cli import main
 
-E2E = ["--dataset", "digits", "--model", "resnet20", "--forget", "9", "--rounds", "6",
-       "--num-clients", "10", "--clients-per-round", "10", "--local-epochs", "2",
-       "--batch-size", "16", "--lr", "0.05", "--ratio", "0.1", "--augment", "false", "--quiet"]
-# no augmentation: crop-and-flip hurts digits; with it the raw model sat at the 50% U-set bound
+# the README's command-line example, with the library's defaults (issue 10, section 5)
+E2E = ["--dataset", "digits", "--model", "resnet20", "--forget", "9", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +23,7 @@ def test_end_to_end_on_digits_forgets_and_recovers(e2e):
     for phase in ("raw", "pruned", "finetuned", "retrained"):
         assert 0.0 <= m[phase]["u_acc"] <= 1.0 and 0.0 <= m[phase]["r_acc"] <= 1.0
     assert m["raw"]["u_acc"] > 0.5, "the raw model must know the class to forget"
+    assert m["raw"]["r_acc"] >= 0.90, "the default digits run must start from a learned model"
     assert m["pruned"]["u_acc"] < 0.5 * m["raw"]["u_acc"], "pruning must collapse U-set acc"
     assert m["finetuned"]["u_acc"] == 0.0
     # fine-tuning stops at the first round reaching the retrained model's R-set accuracy,
@@ -33,8 +32,8 @@ def test_end_to_end_on_digits_forgets_and_recovers(e2e):
     assert m["target_r_acc"] == m["retrained"]["r_acc"]
     assert m["rounds_finetune"] >= 1 and m["rounds_retrain"] >= 1
     assert m["speedup"] == pytest.approx(m["rounds_retrain"] / m["rounds_finetune"])
-    assert m["config"]["forget"] == [9] and m["config"]["unlearning"]["ratio"] == 0.1
-    assert m["channels"]["selected"] == round(0.1 * m["channels"]["total"])
+    assert m["config"]["forget"] == [9] and m["config"]["unlearning"]["ratio"] == 0.05
+    assert m["channels"]["selected"] == round(0.05 * m["channels"]["total"])
 
 
 def test_outputs_are_complete_and_rerun_resumes(e2e):

@@ -25,7 +25,7 @@ def test_fedavg_one_client_one_epoch_equals_centralized_sgd(small_digits):
 
     # one epoch of plain centralized SGD, same data order and augmentation draws
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    t = BatchTransform(d.mean, d.std)
+    t = BatchTransform(d.mean, d.std, padding=d.crop_padding, flip=d.flip)
     g = client_generator(3, 1, 0)
     ref.train()
     perm = torch.randperm(len(d.train_y), generator=g)
@@ -72,7 +72,7 @@ def test_fedsgd_is_one_server_step_on_the_averaged_gradient(small_digits):
     fed.run_round()
     # the same step computed centrally: mean loss over all clients' samples, BN in train
     # mode per client batch, so compare against per-client gradient sum
-    t = BatchTransform(d.mean, d.std)
+    t = BatchTransform(d.mean, d.std, padding=d.crop_padding, flip=d.flip)
     ref.train()
     total = sum(len(c) for c in fed.clients)
     for c in fed.clients:
@@ -136,8 +136,8 @@ def test_checkpoint_of_other_data_or_settings_is_refused_naming_the_keys(small_d
         Federation(build_model("resnet20", 10), other, cfg, progress=False,
                    checkpoint=tmp_path / "c.pt", identity={"train_per_class": 20})
     torch.manual_seed(0)
-    with pytest.raises(ValueError, match=r"federation.lr: 0.1 now, 0.05 in the file"):
-        Federation(build_model("resnet20", 10), small_digits, replace(cfg, lr=0.1),
+    with pytest.raises(ValueError, match=r"federation.lr: 0.05 now, 0.1 in the file"):
+        Federation(build_model("resnet20", 10), small_digits, replace(cfg, lr=0.05),
                    progress=False, checkpoint=tmp_path / "c.pt",
                    identity={"train_per_class": 30})
 
@@ -215,3 +215,26 @@ def test_decisions_read_the_validation_split_when_there_is_one(small_digits):
     hist = [{"round": 0, "val_r_acc": 0.9, "val_u_acc": 0.5},
             {"round": 1, "val_r_acc": 0.9, "val_u_acc": 0.0}]
     assert rounds_for(hist, 0.8, "val_r_acc", max_u=0.01) == 1
+
+
+def test_cosine_schedule_with_warmup_over_a_runs_rounds():
+    cfg = FedConfig(lr=0.1, lr_schedule="cosine", warmup_rounds=2)
+    lrs = [cfg.lr_at(r, 10) for r in range(1, 11)]
+    assert lrs[:3] == pytest.approx([0.05, 0.1, 0.1])  # warm-up, then the cosine's start
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and 0 < lrs[-1] < 0.01
+    assert cfg.lr_at(7, None) == 0.1  # no horizon (fine-tuning): constant
+    assert FedConfig(lr=0.1, lr_schedule="constant").lr_at(9, 10) == 0.1
+    with pytest.raises(ValueError, match="'step'"):
+        FedConfig(lr_schedule="step").validate()
+
+
+def test_pretraining_follows_the_schedule_and_records_its_horizon(small_digits, tmp_path):
+    """Round r trains with lr_at(r, lr_rounds); a checkpoint of another horizon is refused."""
+    cfg = FedConfig(num_clients=10, clients_per_round=2, lr=0.1, lr_schedule="cosine")
+    f = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
+                   lr_rounds=4, checkpoint=tmp_path / "c.pt")
+    assert [f.round_config(r).lr for r in (1, 4)] == [cfg.lr_at(1, 4), cfg.lr_at(4, 4)]
+    f.train_until(None, 1)
+    with pytest.raises(ValueError, match="lr_rounds"):
+        Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
+                   lr_rounds=8, checkpoint=tmp_path / "c.pt")

@@ -7,7 +7,6 @@ stopped when it ends, passed or failed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

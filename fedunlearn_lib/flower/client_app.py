@@ -80,7 +80,8 @@ def node(msg: Message, context: Context) -> Node:
     else:
         raise ValueError(f"node config {dict(nc)} names neither partition-id nor data-dir")
     return Node(data, BatchTransform(conf["mean"], conf["std"], "cpu",
-                                     bool(conf["channels-last"])),
+                                     bool(conf["channels-last"]), int(conf["crop-padding"]),
+                                     bool(conf["flip"])),
                 len(json.loads(conf["classes"])))
 
 

@@ -9,6 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
+from ..data import ImageData
 from ..experiment import ExperimentConfig
 from ..federated import FedConfig
 from ..procs import Upload
@@ -100,11 +101,12 @@ def upload_from(content: RecordDict, client_id: int) -> Upload:
     return Upload(client_id, {k: v.float() for k, v in means.items()}, counts)
 
 
-def node_config(classes: tuple[str, ...], mean: tuple[float, ...], std: tuple[float, ...],
-                **extra: Any) -> ConfigRecord:
+def node_config(data: ImageData, **extra: Any) -> ConfigRecord:
     """What every request tells a node about the federation's data: class names (in label
-    order) and the normalization; ``extra`` values that are not plain scalars go as JSON."""
-    conf = {"classes": json.dumps(list(classes)), "mean": list(mean), "std": list(std)}
+    order), normalization and augmentation; ``extra`` values that are not plain scalars
+    go as JSON."""
+    conf = {"classes": json.dumps(list(data.classes)), "mean": list(data.mean),
+            "std": list(data.std), "crop-padding": data.crop_padding, "flip": data.flip}
     for k, v in extra.items():
         conf[k] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
     return ConfigRecord(conf)

@@ -78,11 +78,13 @@ class FlowerClients:
             [self.node_of[c] for c in sorted(self.node_of)])
 
     # ------------------------------------------------------------ messaging
+    def _config(self, **extra) -> ConfigRecord:
+        return node_config(self.data, model=self.cfg.model,
+                           **{"channels-last": self.cfg.channels_last}, **extra)
+
     def _message(self, node: int, kind: str, extra: dict, arrays: ArrayRecord | None = None,
                  group: str = "") -> Message:
-        d = self.data
-        conf = node_config(d.classes, d.mean, d.std, model=self.cfg.model,
-                           **{"channels-last": self.cfg.channels_last}, **extra)
+        conf = self._config(**extra)
         content = RecordDict({"config": conf} if arrays is None else
                              {"arrays": arrays, "config": conf})
         return Message(content, dst_node_id=node, message_type=kind, group_id=group)
@@ -128,10 +130,8 @@ class FlowerClients:
         if not chosen:
             return float("nan")
         self.strategy.nodes = [self.node_of[c] for c in chosen]
-        conf = node_config(self.data.classes, self.data.mean, self.data.std,
-                           model=self.cfg.model, exclude=fed.exclude, mask=fed.mask.state(),
-                           federation=asdict(fed.cfg),
-                           **{"channels-last": self.cfg.channels_last})
+        conf = self._config(exclude=fed.exclude, mask=fed.mask.state(),
+                            federation=asdict(fed.round_config(rnd)))
         messages = list(self.strategy.configure_train(rnd, float_state(fed.model), conf,
                                                       self.grid))
         replies = self._exchange(messages, f"round {rnd}")

@@ -1,0 +1,46 @@
+"""BatchNorm recall (issue 10): re-estimated running statistics, pruned channels still zero."""
+import torch
+
+from fedunlearn_lib import FedConfig, Federation, build_model
+from fedunlearn_lib.evidence import bn_recall
+from fedunlearn_lib.masking import ChannelMask
+
+
+def test_bn_recall_reestimates_statistics_and_keeps_pruned_channels_zero(small_digits):
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    mask = ChannelMask({"conv1": [0, 3], "layer1.0.conv1": [1]})
+    mask.apply(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recalled = bn_recall(model, small_digits, forget=[9], mask=mask)
+    state = recalled.state_dict()
+    # weights untouched, running statistics re-estimated (fresh BN stats are 0 / 1)
+    assert all(torch.equal(state[k], before[k]) for k in before
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert not torch.equal(state["bn1.running_mean"], before["bn1.running_mean"])
+    assert torch.equal(model.state_dict()["bn1.running_mean"], before["bn1.running_mean"])
+    assert recalled.bn1.momentum == model.bn1.momentum
+    # the pruned channels still output exactly zero after BN
+    out = {}
+    hook = recalled.bn1.register_forward_hook(lambda m, i, o: out.update(bn1=o) and None)
+    recalled((small_digits.test_x[:8].float() - 128) / 64)
+    hook.remove()
+    assert out["bn1"][:, [0, 3]].abs().max() == 0 and out["bn1"][:, 1].abs().max() > 0
+    # and U is measured again on the recalled model
+    fed = Federation(recalled, small_digits, FedConfig(num_clients=10, clients_per_round=2),
+                     forget=[9], progress=False)
+    u = fed.evaluate()["u_acc"]
+    assert 0.0 <= u <= 1.0
+
+
+def test_bn_recall_uses_only_retained_classes(small_digits):
+    """The statistics come from the retained classes: changing the forgotten class's
+    images leaves them unchanged."""
+    model = build_model("resnet20", 10)
+    a = bn_recall(model, small_digits, forget=[9]).state_dict()["bn1.running_mean"]
+    x = small_digits.train_x.clone()
+    x[small_digits.train_y == 9] = 255
+    from dataclasses import replace
+    b = bn_recall(model, replace(small_digits, train_x=x), forget=[9]).state_dict()[
+        "bn1.running_mean"]
+    assert torch.allclose(a, b)
