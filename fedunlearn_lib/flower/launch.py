@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -25,8 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def flower_env(home: str | os.PathLike, **extra: str) -> dict[str, str]:
-    """This environment plus Flower's home ``home`` and its switches off."""
-    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+    """This environment plus Flower's home ``home`` and its switches off, with this
+    interpreter's scripts first on ``PATH`` (Flower starts ``flwr-serverapp`` and
+    ``flwr-clientapp`` by name)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             **extra}
 

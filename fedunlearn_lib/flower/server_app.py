@@ -35,7 +35,7 @@ class ChosenFedAvg(FedAvg):
     simulator's sampling rule) instead of a fresh random draw."""
 
     def __init__(self) -> None:
-        super().__init__(fraction_evaluate=0.0)
+        super().__init__()
         self.nodes: list[int] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
