@@ -7,6 +7,10 @@ stopped when it ends, passed or failed.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
 
@@ -49,20 +53,40 @@ def test_simulation_selects_the_in_process_channels(tmp_path):
 
 
 def test_deployment_with_two_supernodes_on_their_own_folders(tmp_path):
-    """A SuperLink and two SuperNodes, each reading its own data folder; the run ends
-    completed with a metrics.json, and no Flower process outlives the test."""
-    assert cli.main(["split", "--dataset", "digits", "--num-clients", "2",
+    """A SuperLink and three SuperNodes, each reading its own data folder; one node is
+    killed as its first training message arrives. The run goes on with the others, says
+    so in its log, ends completed with a metrics.json, and no Flower process outlives the
+    test."""
+    assert cli.main(["split", "--dataset", "digits", "--num-clients", "3",
                      "--out", str(tmp_path / "nodes")]) == 0
     home = tmp_path / "flwr"
     env = flower_env(home, FEDUNLEARN_CACHE=str(tmp_path / "cache"))
-    nodes = [f"data-dir='{tmp_path / 'nodes' / str(i)}' client-id={i}" for i in range(2)]
+    nodes = [f"data-dir='{tmp_path / 'nodes' / str(i)}' client-id={i} threads=1"
+             for i in range(3)]
     with local_deployment(nodes, home, env) as dep:
-        run = flwr_run("deploy", {**TINY, "num-clients": 2, "clients-per-round": 2,
-                                  "out": str(tmp_path / "out")}, env, timeout=300,
-                       log=tmp_path / "run.log")
+        victim = dep.processes[3]  # superlink, then the nodes in order
+
+        def kill_at_first_train() -> None:
+            log = dep.logs / "supernode2.log"
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and victim.poll() is None:
+                if "train message" in (log.read_text() if log.exists() else ""):
+                    os.killpg(victim.pid, signal.SIGKILL)
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_at_first_train, daemon=True)
+        killer.start()
+        run = flwr_run("deploy", {**TINY, "num-clients": 3, "clients-per-round": 3,
+                                  "round-timeout": 20.0, "out": str(tmp_path / "out")},
+                       env, timeout=300, log=tmp_path / "run.log")
+        killer.join(timeout=5)
     assert all(p.poll() is not None for p in dep.processes)
-    assert run["status"] == "finished:completed", (run, (tmp_path / "run.log").read_text())
+    log = (tmp_path / "run.log").read_text()
+    assert run["status"] == "finished:completed", (run, log)
+    assert victim.returncode == -signal.SIGKILL
+    assert "round 1: no reply from node(s)" in log or "failed (Error: Node Unavailable" in log
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["flower"]["nodes"] == 2 and metrics["pruned"]["u_acc"] == 0.0
-    assert ExperimentConfig.from_dict(metrics["config"]).federation.num_clients == 2
-    assert metrics["flower"]["clients_unlearned"]["u_acc"] == 0.0
+    assert metrics["flower"]["nodes"] == 3 and metrics["pruned"]["u_acc"] == 0.0
+    assert ExperimentConfig.from_dict(metrics["config"]).federation.num_clients == 3
+    assert metrics["flower"]["clients_unlearned"]["nodes"] == 2

@@ -93,17 +93,22 @@ class FlowerClients:
         """Send, wait up to the timeout, and return every reply without an error, by node;
         missing and failed nodes are logged."""
         sent = [m.metadata.dst_node_id for m in messages]
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        # the SuperLink answers for a node it has lost (src: the SuperLink itself), so
+        # replies are matched to nodes by the message they answer where the grid says
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages
+                   if m.metadata.message_id}
         good: dict[int, Message] = {}
+        failed: set[int] = set()
         for r in replies:
-            src = r.metadata.src_node_id
+            src = node_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
             if r.has_error():
                 log(WARNING, "fedunlearn: %s: node %s failed (%s); left out", what, src,
                     r.error.reason)
+                failed.add(src)
             else:
                 good[src] = r
-        silent = [n for n in sent if n not in good and n not in
-                  {r.metadata.src_node_id for r in replies}]
+        silent = [n for n in sent if n not in good and n not in failed]
         if silent:
             log(WARNING, "fedunlearn: %s: no reply from node(s) %s within %.0f s; left out",
                 what, silent, self.timeout)
