@@ -12,6 +12,7 @@ import pickle
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -237,7 +238,7 @@ def write_client_folders(data: ImageData, parts: list[torch.Tensor],
 
 
 def _cached(kind: str, root: Path, splits: tuple[str, ...],
-            cache_dir: str | os.PathLike | None, decode) -> dict:
+            cache_dir: str | os.PathLike | None, decode: Callable[[], dict]) -> dict:
     """``decode()``'s result for the images under ``root``, cached on disk and reused while
     the file listing (paths, sizes, times) of ``splits`` is unchanged."""
     cache = Path(cache_dir or os.environ.get("FEDUNLEARN_CACHE",

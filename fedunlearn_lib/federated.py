@@ -192,14 +192,11 @@ class Federation:
         With a ``remote`` (for example the Flower app's server side) the sampled clients
         train wherever their data lives; otherwise in this process."""
         rnd = self.round + 1
-        if self.remote is not None:
-            loss = self.remote.train_round(self, self.sample_clients(rnd), rnd)
-            self.mask.apply(self.model)
-            self.round = rnd
-            return loss
-        chosen = [self.clients[c] for c in self.sample_clients(rnd)]
-        chosen = [c for c in chosen if len(c) >= 2]
-        if not chosen:
+        sampled = self.sample_clients(rnd)
+        chosen = [c for c in (self.clients[i] for i in sampled) if len(c) >= 2]
+        if self.remote is not None:  # the remote knows its clients' sizes
+            loss = self.remote.train_round(self, sampled, rnd)
+        elif not chosen:
             loss = float("nan")
         elif self.cfg.algorithm == "fedavg":
             loss = self._fedavg_round(chosen, rnd)

@@ -22,6 +22,10 @@ class ChannelMask:
     def __len__(self) -> int:
         return sum(len(v) for v in self.channels.values())
 
+    def pairs(self) -> frozenset[tuple[str, int]]:
+        """The masked channels as (layer, channel) pairs."""
+        return frozenset((n, j) for n, idx in self.channels.items() for j in idx)
+
     def union(self, other: "ChannelMask") -> "ChannelMask":
         merged = {k: list(v) for k, v in self.channels.items()}
         for k, v in other.channels.items():
@@ -56,3 +60,9 @@ class ChannelMask:
 
     def state(self) -> dict[str, list[int]]:
         return {k: list(v) for k, v in self.channels.items()}
+
+
+def jaccard(a: ChannelMask, b: ChannelMask) -> float:
+    """Jaccard overlap of two channel selections (1.0 when both are empty)."""
+    x, y = a.pairs(), b.pairs()
+    return len(x & y) / len(x | y) if x | y else 1.0

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .attacks import poison
 from .federated import Federation
-from .masking import ChannelMask
+from .masking import ChannelMask, jaccard
 from .procs import aggregate, local_proc
 from .pruning import layer_scores, select_channels
 from .unlearn import UnlearnConfig
@@ -34,10 +34,6 @@ def _selection(uploads: list, target: int, cfg: UnlearnConfig, **options) -> Cha
     acts, _ = aggregate(uploads, **options)
     return select_channels(layer_scores(acts, target, cfg.idf_threshold), cfg.ratio,
                            direction=cfg.direction, scope=cfg.scope)
-
-
-def _pairs(mask: ChannelMask) -> frozenset[tuple[str, int]]:
-    return frozenset((n, j) for n, idx in mask.channels.items() for j in idx)
 
 
 def robustness_rows(fed: Federation, target: int, cfg: UnlearnConfig,
@@ -60,7 +56,7 @@ def robustness_rows(fed: Federation, target: int, cfg: UnlearnConfig,
     after_pruning: dict[frozenset, dict] = {}
 
     def accuracy(mask: ChannelMask) -> dict:
-        key = _pairs(mask)
+        key = mask.pairs()
         if key not in after_pruning:
             evaluator.model.load_state_dict(raw.state_dict())
             mask.apply(evaluator.model)
@@ -73,17 +69,15 @@ def robustness_rows(fed: Federation, target: int, cfg: UnlearnConfig,
         chosen = sorted(rng.choice(len(fed.clients), k, replace=False).tolist())
         honest = [local_proc(raw, fed.clients[c], fed.transform, fed.data.num_classes)
                   for c in chosen]
-        reference = _pairs(_selection(honest, target, cfg))
+        reference = _selection(honest, target, cfg)
         for attack in attacks:
             for f in fractions:
                 uploads, bad = poison(honest, attack, f, target, seed=seed * 1009 + s)
                 for name, options in defences.items():
                     mask = _selection(uploads, target, cfg, **options)
-                    pairs = _pairs(mask)
                     acc = accuracy(mask)
                     row = {"sample": s, "attack": attack, "f": f, "poisoned": len(bad),
-                           "defence": name,
-                           "Jaccard": round(len(pairs & reference) / len(pairs | reference), 3),
+                           "defence": name, "Jaccard": round(jaccard(mask, reference), 3),
                            "pruned U": acc["u_acc"], "pruned R": acc["r_acc"]}
                     if s == 0 and f in finetune_at:
                         ft = Federation(copy.deepcopy(raw), fed.data, fed.cfg, forget=[target],

@@ -21,7 +21,7 @@ from .evidence import information_left
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
 from .federated import Federation, rounds_for
 from . import fisher as fl
-from .masking import ChannelMask
+from .masking import ChannelMask, jaccard
 from .mia import ATTACKS, membership_attack, model_logits
 from .procs import aggregate, local_proc
 from .pruning import (conv_flops, l1_scores, layer_scores, random_scores, remove_channels,
@@ -359,15 +359,13 @@ def selection_stability(run: Run, q: float, sizes: Sequence[int], repeats: int,
     uploads = [local_proc(fed.model, c, fed.transform, run.data.num_classes)
                for c in fed.clients]
 
-    def chosen(ups: list) -> set[tuple[str, int]] | None:
+    def chosen(ups: list) -> ChannelMask | None:
         acts, counts = aggregate(ups)
         if counts[target] == 0:
             return None
         scores = layer_scores(acts, target, run.cfg.unlearning.idf_threshold)
-        sel = select_channels(scores, ratio,
-                              direction=run.cfg.unlearning.direction,
-                              scope=run.cfg.unlearning.scope)
-        return {(n, j) for n, idx in sel.channels.items() for j in idx}
+        return select_channels(scores, ratio, direction=run.cfg.unlearning.direction,
+                               scope=run.cfg.unlearning.scope)
 
     full = chosen(uploads)
     rows = []
@@ -376,7 +374,7 @@ def selection_stability(run: Run, q: float, sizes: Sequence[int], repeats: int,
         scores = []
         for _ in range(repeats if k < len(uploads) else 1):
             sel = chosen([uploads[i] for i in rng.choice(len(uploads), k, replace=False)])
-            scores.append(np.nan if sel is None else len(sel & full) / len(sel | full))
+            scores.append(np.nan if sel is None else jaccard(sel, full))
         s = np.array(scores)
         rows.append({"q": q, "clients": k, "Jaccard mean": round(float(np.nanmean(s)), 3)
                      if (~np.isnan(s)).any() else None,
@@ -418,11 +416,10 @@ def reading_overlap(fed: Federation, classes: Sequence[int], ratio: float, num_c
                                     fed.data.num_classes) for c in chosen])
     rows = []
     for cls in classes:
-        sel = {reading: {(n, j) for n, idx in select_channels(
-            layer_scores(acts, cls, reading), ratio, scope=scope).channels.items() for j in idx}
-            for reading in IDF_THRESHOLDS}
-        both = sel["class"] & sel["channel"]
+        sel = {reading: select_channels(layer_scores(acts, cls, reading), ratio, scope=scope)
+               for reading in IDF_THRESHOLDS}
         rows.append({"class": int(cls), "R": ratio, "clients": len(chosen),
-                     "selected": len(sel["class"]), "shared": len(both),
-                     "Jaccard": round(len(both) / len(sel["class"] | sel["channel"]), 3)})
+                     "selected": len(sel["class"]),
+                     "shared": len(sel["class"].pairs() & sel["channel"].pairs()),
+                     "Jaccard": round(jaccard(sel["class"], sel["channel"]), 3)})
     return rows

@@ -109,3 +109,12 @@ def test_l1_baseline_is_per_layer_lowest_and_l1_global_ranks_all_layers():
     assert chosen("l1-global") == {"a": [1, 3], "b": [1]}
     with pytest.raises(ValueError, match="'l2'.*l1-global"):
         ablation_mask(run, "l2", 0.25)
+
+
+def test_mask_pairs_and_jaccard():
+    from fedunlearn_lib.masking import ChannelMask, jaccard
+    a = ChannelMask({"conv1": [0, 1], "layer1.0.conv1": [2]})
+    b = ChannelMask({"conv1": [1], "layer1.0.conv1": [2, 3]})
+    assert a.pairs() == {("conv1", 0), ("conv1", 1), ("layer1.0.conv1", 2)}
+    assert jaccard(a, b) == 2 / 4 and jaccard(a, a) == 1.0
+    assert jaccard(ChannelMask(), ChannelMask()) == 1.0

@@ -82,12 +82,12 @@ class FlowerClients:
         return node_config(self.data, model=self.cfg.model,
                            **{"channels-last": self.cfg.channels_last}, **extra)
 
-    def _message(self, node: int, kind: str, extra: dict, arrays: ArrayRecord | None = None,
-                 group: str = "") -> Message:
+    def _message(self, node: int, kind: str, extra: dict,
+                 arrays: ArrayRecord | None = None) -> Message:
         conf = self._config(**extra)
         content = RecordDict({"config": conf} if arrays is None else
                              {"arrays": arrays, "config": conf})
-        return Message(content, dst_node_id=node, message_type=kind, group_id=group)
+        return Message(content, dst_node_id=node, message_type=kind)
 
     def _exchange(self, messages: list[Message], what: str) -> dict[int, Message]:
         """Send, wait up to the timeout, and return every reply without an error, by node;
