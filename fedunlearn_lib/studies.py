@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classwise import accuracy_kl, per_class_accuracy
+from .classwise import accuracy_kl, per_class_accuracy, prediction_histogram, softmax_kl
 from .data import BatchTransform
-from .evidence import information_left
+from .evidence import bn_recall, information_left
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
 from .federated import Federation, rounds_for
 from . import fisher as fl
@@ -58,6 +58,29 @@ def evidence_columns(ev: dict) -> dict:
     r = ev["relearn"]
     return {"relearn": r["rounds"] if r["rounds"] is not None else f">{r['budget']}",
             "probe U": pct(ev["probe"])}
+
+
+def closeness_columns(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
+    """How close ``model`` is to forgetting like retraining, on the forgotten classes:
+    U-set test accuracy after BatchNorm recall (running statistics re-estimated on the
+    retained classes, masked channels kept at zero), the mean per-image KL divergence from
+    the retrained model's predictions on the forgotten classes' test and training images,
+    and where their test images go (the most predicted class and its share)."""
+    data, forget = run.data, run.cfg.forget
+    transform = BatchTransform(data.mean, data.std, data.test_x.device)
+    fed = Federation(bn_recall(model, data, forget, mask), data, run.cfg.federation,
+                     forget=forget, device=run.cfg.device, progress=False)
+    u_test = torch.isin(data.test_y, torch.tensor(forget, device=data.test_y.device))
+    u_train = torch.isin(data.train_y, torch.tensor(forget, device=data.train_y.device))
+    out = {"BN-recall U": pct(fed.evaluate()["u_acc"])}
+    for split, x in (("test", data.test_x[u_test]), ("train", data.train_x[u_train])):
+        out[f"KL to retrained U {split}"] = round(softmax_kl(
+            model_logits(run.retrained, x, transform), model_logits(model, x, transform)), 4)
+    hist = prediction_histogram(model_logits(model, data.test_x[u_test], transform),
+                                data.num_classes)
+    top = int(hist.argmax())
+    out["U test goes to"] = f"{data.classes[top]} {100 * hist[top]:.0f}%"
+    return out
 
 
 # ---------------------------------------------------------------- Table 4: MIA

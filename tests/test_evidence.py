@@ -44,3 +44,20 @@ def test_bn_recall_uses_only_retained_classes(small_digits):
     b = bn_recall(model, replace(small_digits, train_x=x), forget=[9]).state_dict()[
         "bn1.running_mean"]
     assert torch.allclose(a, b)
+
+
+def test_closeness_columns_on_a_tiny_run(tmp_path):
+    """KL from the retrained model to itself is 0; the arm's columns are all there."""
+    from fedunlearn_lib import studies
+    from fedunlearn_lib.experiment import load_run
+    experiment = {"dataset": "digits", "model": "resnet20", "rounds": 2,
+                  "train_per_class": 30, "test_per_class": 10,
+                  "federation": {"num_clients": 10, "clients_per_round": 5, "batch_size": 16},
+                  "unlearning": {"ratio": 0.1}}
+    run = load_run(studies.demo_runs(experiment, [{"forget": [9]}], tmp_path)[0])
+    same = studies.closeness_columns(run, run.retrained)
+    assert same["KL to retrained U test"] == 0.0 and same["KL to retrained U train"] == 0.0
+    raw = studies.closeness_columns(run, run.raw)
+    assert raw["KL to retrained U test"] > 0 and 0 <= raw["BN-recall U"] <= 100
+    assert raw["U test goes to"].endswith("%") and raw["U test goes to"].split()[0] in \
+        run.data.classes
