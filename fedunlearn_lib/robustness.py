@@ -19,8 +19,7 @@ from .attacks import poison
 from .federated import Federation
 from .masking import ChannelMask, jaccard
 from .procs import aggregate, local_proc
-from .pruning import layer_scores, select_channels
-from .unlearn import UnlearnConfig
+from .unlearn import UnlearnConfig, server_selection
 
 DEFENCES: dict[str, dict] = {  # name -> aggregate() options
     "mean (paper)": {},
@@ -31,9 +30,7 @@ DEFENCES: dict[str, dict] = {  # name -> aggregate() options
 
 
 def _selection(uploads: list, target: int, cfg: UnlearnConfig, **options) -> ChannelMask:
-    acts, _ = aggregate(uploads, **options)
-    return select_channels(layer_scores(acts, target, cfg.idf_threshold), cfg.ratio,
-                           direction=cfg.direction, scope=cfg.scope)
+    return server_selection(aggregate(uploads, **options)[0], target, cfg)
 
 
 def robustness_rows(fed: Federation, target: int, cfg: UnlearnConfig,
@@ -89,7 +86,6 @@ def robustness_rows(fed: Federation, target: int, cfg: UnlearnConfig,
                                     "fine-tuned R": final["r_acc"]})
                     rows.append(row)
     return rows
-
 
 
 def summarize(rows: list[dict]) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from .procs import aggregate, local_proc
 from .pruning import (conv_flops, l1_scores, layer_scores, random_scores, remove_channels,
                       select_channels)
 from .tfidf import IDF_THRESHOLDS
-from .unlearn import prune_for_classes, score_participants
+from .unlearn import prune_for_classes, score_participants, server_selection
 
 
 def pct(v: float | None) -> float | None:
@@ -386,9 +386,7 @@ def selection_stability(run: Run, q: float, sizes: Sequence[int], repeats: int,
         acts, counts = aggregate(ups)
         if counts[target] == 0:
             return None
-        scores = layer_scores(acts, target, run.cfg.unlearning.idf_threshold)
-        return select_channels(scores, ratio, direction=run.cfg.unlearning.direction,
-                               scope=run.cfg.unlearning.scope)
+        return server_selection(acts, target, replace(run.cfg.unlearning, ratio=ratio))
 
     full = chosen(uploads)
     rows = []

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .federated import Federation
 from .masking import ChannelMask
@@ -75,9 +76,7 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
                 + (f" among their first {cfg.score_samples} samples" if cfg.score_samples
                    else "")
                 + "; raise score_clients (or score_samples), or set score_from='holders'")
-        scores = layer_scores(activations, cls, cfg.idf_threshold)
-        selected = select_channels(scores, cfg.ratio,
-                                   direction=cfg.direction, scope=cfg.scope, already=mask)
+        selected = server_selection(activations, cls, cfg, already=mask)
         t2 = time.perf_counter()
         mask = mask.union(selected)
         mask.apply(fed.model)
@@ -85,6 +84,15 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
                      "local_proc_s": t1 - t0, "server_proc_s": t2 - t1,
                      "after": fed.evaluate()})
     return mask, info
+
+
+def server_selection(activations: dict[str, torch.Tensor], target: int, cfg: UnlearnConfig,
+                     already: ChannelMask | None = None) -> ChannelMask:
+    """The server proc's choice on aggregated activations: TF-IDF for ``target`` under
+    ``cfg.idf_threshold``, then ``cfg.ratio`` of the channels by ``cfg.direction`` and
+    ``cfg.scope`` (channels in ``already`` are not chosen again)."""
+    return select_channels(layer_scores(activations, target, cfg.idf_threshold), cfg.ratio,
+                           direction=cfg.direction, scope=cfg.scope, already=already)
 
 
 def score_participants(fed: Federation, cls: int, n: int, score_from: str,
