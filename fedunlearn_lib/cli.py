@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields
 from types import UnionType
 from typing import Sequence, Union, get_args, get_origin, get_type_hints
 
-from .experiment import ExperimentConfig, run_experiment
+from .experiment import ExperimentConfig, flat_name, run_experiment
 from .federated import FedConfig
 from .unlearn import UnlearnConfig
 
@@ -43,7 +43,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
         if f.name in _SECTIONS:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
-        group.add_argument(_flag(f.name), dest=f"{title}.{f.name}", type=_arg_type(hints[f.name]),
+        group.add_argument(_flag(flat_name(title, f.name)), dest=f"{title}.{f.name}", type=_arg_type(hints[f.name]),
                            default=None, help=f"(default: {default})")
 
 

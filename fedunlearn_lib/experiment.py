@@ -19,7 +19,8 @@ from .io import (atomic_torch_save, atomic_write_json, check_identity, check_wei
 from .masking import ChannelMask
 from .models import MODELS, build_model
 from .pruning import conv_flops, count_conv_channels, remove_channels
-from .unlearn import UnlearnConfig, prune_for_classes
+from .partition import fang_partition
+from .unlearn import UnlearnConfig, prune_for_classes, stream_seed
 
 
 @dataclass
@@ -111,6 +112,12 @@ class ExperimentConfig:
         self.unlearning.validate()
 
 
+def flat_name(section: str, name: str) -> str:
+    """A section field's name among the flat keys of the CLI and the Flower run config:
+    its own, but "unlearning_seed" for the unlearning seed ("seed" is the federation's)."""
+    return "unlearning_seed" if (section, name) == ("unlearning", "seed") else name
+
+
 def parse_classes(value: int | str | list[int]) -> list[int]:
     """Parse ``9`` or ``"0,5,9"`` into a list of class indices."""
     if isinstance(value, int):
@@ -162,12 +169,13 @@ def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
     return fed
 
 
-def retrain(cfg: ExperimentConfig, data: ImageData, out: Path,
+def retrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
             progress: bool = True, remote: Remote | None = None) -> Federation:
     """The baseline: from scratch, remaining classes only, same budget, learning-rate
-    schedule and plateau rule as pretraining."""
+    schedule and plateau rule as pretraining (resumable; it reads no unlearning setting,
+    so one retraining serves every arm and unlearning seed of a forget set)."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
-                     exclude=cfg.forget, device=cfg.device, checkpoint=out / "retrain.pt",
+                     exclude=cfg.forget, device=cfg.device, checkpoint=checkpoint,
                      identity=identity(cfg), channels_last=cfg.channels_last,
                      progress=progress, desc="retrain", remote=remote, lr_rounds=cfg.rounds)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
@@ -182,9 +190,14 @@ def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
     """Federated training on the remaining classes until the strict stop rule holds
     (R-set accuracy >= ``target`` and U-set accuracy <= ``cfg.strict_u``, on the validation
     split when there is one), resumable; ``target=None`` trains for the whole budget.
-    The learning rate is ``finetune_config``'s, constant."""
-    ft = Federation(model, data, finetune_config(cfg), forget=cfg.forget, exclude=cfg.forget,
-                    mask=mask, device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
+    The learning rate is ``finetune_config``'s, constant; client sampling and batch order
+    follow the unlearning seed, on the pretraining's partition."""
+    ft_cfg = finetune_config(cfg)
+    partition = None if ft_cfg.seed == cfg.federation.seed else fang_partition(
+        data.train_y, ft_cfg.num_clients, ft_cfg.q, data.num_classes, cfg.federation.seed)
+    ft = Federation(model, data, ft_cfg, forget=cfg.forget, exclude=cfg.forget, mask=mask,
+                    partition=partition, device=cfg.device, checkpoint=checkpoint,
+                    identity=identity(cfg),
                     channels_last=cfg.channels_last, progress=progress, desc=desc,
                     remote=remote)
     result = ft.train_until(target, max_rounds or cfg.finetune_rounds or cfg.rounds,
@@ -195,9 +208,11 @@ def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
 
 
 def finetune_config(cfg: ExperimentConfig) -> FedConfig:
-    """The federation config of fine-tuning: ``finetune_lr`` (if set) as a constant rate."""
+    """The federation config of fine-tuning: ``finetune_lr`` (if set) as a constant rate,
+    the random streams of the unlearning seed."""
     return replace(cfg.federation, lr=cfg.finetune_lr or cfg.federation.lr,
-                   lr_schedule="constant", warmup_rounds=0)
+                   lr_schedule="constant", warmup_rounds=0,
+                   seed=stream_seed(cfg.federation.seed, cfg.unlearning.seed))
 
 
 def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | None:
@@ -242,6 +257,7 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool = True,
                    pretrained: str | os.PathLike | None = None,
+                   retrained: str | os.PathLike | None = None,
                    remote: Remote | None = None) -> dict:
     """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
 
@@ -249,7 +265,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
     round with R-set accuracy >= target), ``rounds_finetune_strict`` the strict one.
     Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
     ``pretrained`` names a finished pretraining checkpoint to use instead of
-    ``out/pretrain.pt`` (it is read, never written, when it is complete). With ``remote``
+    ``out/pretrain.pt`` (it is read, never written, when it is complete); ``retrained``
+    likewise names a retraining checkpoint instead of ``out/retrain.pt``. With ``remote``
     every round trains on clients outside this process (the Flower app); this process
     keeps the data only for its test and validation splits.
     """
@@ -263,7 +280,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
     pre = pretrain(cfg, data, Path(pretrained) if pretrained else out / "pretrain.pt", progress,
                    remote)
     raw = pre.scores()
-    re = retrain(cfg, data, out, progress, remote)
+    re = retrain(cfg, data, Path(retrained) if retrained else out / "retrain.pt", progress,
+                 remote)
     retrained = re.scores()
     decide = re.decision_key  # the stop rules read the validation split when there is one
     target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained[decide]
@@ -291,6 +309,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
         "history": {"pretrain": pre.history, "finetune": ft.history, "retrain": re.history},
         "config": asdict(cfg),
         "pretrained_checkpoint": str(pre.checkpoint),
+        "retrained_checkpoint": str(re.checkpoint),
     }
     atomic_write_json(metrics, out / "metrics.json")
     return metrics
@@ -331,4 +350,5 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     return Run(run_dir, cfg, data, metrics,
                raw=load(new_model(cfg, data.num_classes), metrics["pretrained_checkpoint"]),
                unlearned=load(pruned["model"], run_dir / "finetune.pt"),
-               retrained=load(new_model(cfg, data.num_classes), run_dir / "retrain.pt"))
+               retrained=load(new_model(cfg, data.num_classes),
+                              metrics.get("retrained_checkpoint", run_dir / "retrain.pt")))

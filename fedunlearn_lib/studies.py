@@ -9,7 +9,7 @@ import copy
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,10 +24,10 @@ from . import fisher as fl
 from .masking import ChannelMask, jaccard
 from .mia import ATTACKS, membership_attack, model_logits
 from .procs import aggregate, local_proc
-from .pruning import (conv_flops, l1_scores, layer_scores, random_scores, remove_channels,
-                      select_channels)
+from .pruning import conv_flops, layer_scores, remove_channels, select_channels
 from .tfidf import IDF_THRESHOLDS
-from .unlearn import prune_for_classes, score_participants, server_selection
+from .unlearn import (arm_config, prune_for_classes, score_participants, server_selection,
+                      stream_seed, weight_selection)
 
 
 def pct(v: float | None) -> float | None:
@@ -279,50 +279,15 @@ def multiclass_row(run: Run, relearn_rounds: int) -> dict:
 
 
 # ------------------------------------------------------------------ ablations
-class ScoreArm(NamedTuple):
-    """An ablation arm that ranks channels by a score computed from the weights alone."""
-
-    scores: Callable[[nn.Module, int], dict[str, torch.Tensor]]  # (model, seed) -> scores
-    direction: str
-    scope: str | None  # None: the run's ``unlearning.scope``
-
-
-def _l1(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """L1 filter norms (deterministic: ``seed`` is unused)."""
-    return l1_scores(model)
-
-
-SCORE_ARMS: dict[str, ScoreArm] = {
-    "random": ScoreArm(random_scores, "highest", None),
-    "l1": ScoreArm(_l1, "lowest", "layer"),  # Li et al. (2017): each layer's lowest filters
-    "l1-global": ScoreArm(_l1, "lowest", "global"),
-}
-# arm -> (direction, idf_threshold): "class" is Eq. 7 as printed, "channel" the authors' code
-TFIDF_ARMS: dict[str, tuple[str, str]] = {
-    "tfidf-highest": ("highest", "class"),
-    "tfidf-lowest": ("lowest", "class"),
-    "tfidf-highest-channel": ("highest", "channel"),
-    "tfidf-lowest-channel": ("lowest", "channel"),
-}
-SELECTIONS = ("none", *SCORE_ARMS, *TFIDF_ARMS)
-
-
 def ablation_mask(run: Run, selection: str, ratio: float) -> ChannelMask:
-    """Channels to prune from the raw model for one ablation arm (one of ``SELECTIONS``)."""
+    """Channels to prune from the raw model for one arm (one of ``unlearn.ARMS``): TF-IDF
+    arms run the unlearning request on a copy, weight arms rank the raw weights."""
     cfg = run.cfg
-    if selection == "none":
-        return ChannelMask()
-    if selection in SCORE_ARMS:
-        arm = SCORE_ARMS[selection]
-        return select_channels(arm.scores(run.raw, cfg.federation.seed), ratio,
-                               direction=arm.direction, scope=arm.scope or cfg.unlearning.scope)
-    if selection not in TFIDF_ARMS:
-        raise ValueError(f"unknown selection {selection!r}; choose one of "
-                         f"{', '.join(SELECTIONS)}")
-    direction, idf_threshold = TFIDF_ARMS[selection]
+    ucfg = replace(arm_config(cfg.unlearning, selection), ratio=ratio)
+    if ucfg.scores != "tfidf":
+        return weight_selection(run.raw, ucfg, stream_seed(cfg.federation.seed, ucfg.seed))
     fed = Federation(copy.deepcopy(run.raw), run.data, cfg.federation, forget=cfg.forget,
                      device=cfg.device, progress=False)
-    ucfg = replace(cfg.unlearning, ratio=ratio, direction=direction, idf_threshold=idf_threshold)
     return prune_for_classes(fed, cfg.forget, ucfg)[0]
 
 

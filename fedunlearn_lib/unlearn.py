@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -11,11 +11,26 @@ import torch
 from .federated import Federation
 from .masking import ChannelMask
 from .procs import aggregate, local_proc
-from .pruning import DIRECTIONS, SCOPES, layer_scores, select_channels
+from .pruning import DIRECTIONS, SCOPES, l1_scores, layer_scores, random_scores, select_channels
 from .tfidf import IDF_THRESHOLDS
 
 APPLY_MODES = ("mask", "remove")
 SCORE_FROM = ("all", "holders")
+SCORES = ("tfidf", "l1", "random", "none")  # what ranks the channels ("none": prune nothing)
+# Named arms of the deciding comparison and the ablations: overrides of an UnlearnConfig.
+# "class" is Eq. 7's IDF as printed, "channel" the authors' code's.
+ARMS: dict[str, dict[str, str]] = {
+    "none": {"scores": "none"},
+    "random": {"scores": "random", "direction": "highest"},
+    "l1": {"scores": "l1", "direction": "lowest", "scope": "layer"},  # Li et al. (2017)
+    "l1-global": {"scores": "l1", "direction": "lowest", "scope": "global"},
+    "tfidf-highest": {"scores": "tfidf", "direction": "highest", "idf_threshold": "class"},
+    "tfidf-lowest": {"scores": "tfidf", "direction": "lowest", "idf_threshold": "class"},
+    "tfidf-highest-channel": {"scores": "tfidf", "direction": "highest",
+                              "idf_threshold": "channel"},
+    "tfidf-lowest-channel": {"scores": "tfidf", "direction": "lowest",
+                             "idf_threshold": "channel"},
+}
 
 
 @dataclass
@@ -23,6 +38,7 @@ class UnlearnConfig:
     """How channels are scored, selected and pruned."""
 
     ratio: float = 0.05
+    scores: str = "tfidf"  # one of SCORES: TF-IDF (the paper) or a baseline ranking
     direction: str = "highest"
     scope: str = "global"
     apply: str = "mask"
@@ -31,11 +47,17 @@ class UnlearnConfig:
     # paper) or only the "holders" of the class
     score_clients: int | None = None  # clients running local proc; None = one round's worth
     score_samples: int | None = None  # per-client cap on local-proc samples; None = all
+    seed: int = 0  # the unlearning seed: which clients run local proc, the random arm's
+    # channels, fine-tuning's client sampling and batch order (0 = the federation seed's
+    # streams); the partition stays the pretraining's
 
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"pruning ratio R must lie in (0, 1), got {self.ratio!r}")
-        for name, value, choices in (("direction", self.direction, DIRECTIONS),
+        if self.seed < 0:
+            raise ValueError(f"unlearning seed must be >= 0, got {self.seed!r}")
+        for name, value, choices in (("scores", self.scores, SCORES),
+                                     ("direction", self.direction, DIRECTIONS),
                                      ("scope", self.scope, SCOPES),
                                      ("apply", self.apply, APPLY_MODES),
                                      ("idf_threshold", self.idf_threshold, IDF_THRESHOLDS),
@@ -60,23 +82,28 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
     mask = ChannelMask(fed.mask.state())
     info = []
     for k, cls in enumerate(forget):
-        chosen = score_participants(fed, cls, n_score, cfg.score_from, k)
-        t0 = time.perf_counter()
-        if fed.remote is not None:
-            uploads = fed.remote.local_procs(fed, chosen, cfg.score_samples)
+        chosen: list[int] = []
+        t0 = t1 = time.perf_counter()
+        if cfg.scores == "tfidf":
+            chosen = score_participants(fed, cls, n_score, cfg.score_from, k, cfg.seed)
+            if fed.remote is not None:
+                uploads = fed.remote.local_procs(fed, chosen, cfg.score_samples)
+            else:
+                uploads = [local_proc(fed.model, fed.clients[c], fed.transform, num_classes,
+                                      max_samples=cfg.score_samples) for c in chosen]
+            t1 = time.perf_counter()
+            activations, counts = aggregate(uploads)
+            if counts[cls] == 0:
+                raise ValueError(
+                    f"the {len(chosen)} local-proc participants (clients {chosen}) hold no "
+                    f"image of class {cls}"
+                    + (f" among their first {cfg.score_samples} samples" if cfg.score_samples
+                       else "")
+                    + "; raise score_clients (or score_samples), or set score_from='holders'")
+            selected = server_selection(activations, cls, cfg, already=mask)
         else:
-            uploads = [local_proc(fed.model, fed.clients[c], fed.transform, num_classes,
-                                  max_samples=cfg.score_samples) for c in chosen]
-        t1 = time.perf_counter()
-        activations, counts = aggregate(uploads)
-        if counts[cls] == 0:
-            raise ValueError(
-                f"the {len(chosen)} local-proc participants (clients {chosen}) hold no image "
-                f"of class {cls}"
-                + (f" among their first {cfg.score_samples} samples" if cfg.score_samples
-                   else "")
-                + "; raise score_clients (or score_samples), or set score_from='holders'")
-        selected = server_selection(activations, cls, cfg, already=mask)
+            selected = weight_selection(fed.model, cfg, stream_seed(fed.cfg.seed, cfg.seed) + k,
+                                        already=mask)
         t2 = time.perf_counter()
         mask = mask.union(selected)
         mask.apply(fed.model)
@@ -95,11 +122,45 @@ def server_selection(activations: dict[str, torch.Tensor], target: int, cfg: Unl
                            direction=cfg.direction, scope=cfg.scope, already=already)
 
 
+def weight_selection(model: torch.nn.Module, cfg: UnlearnConfig, seed: int,
+                     already: ChannelMask | None = None) -> ChannelMask:
+    """A baseline arm's choice from the weights alone (no upload): ``cfg.ratio`` of the
+    channels by L1 filter norm or at random (``seed``); none for ``scores="none"``."""
+    if cfg.scores == "none":
+        return ChannelMask()
+    if cfg.scores == "l1":
+        scores = l1_scores(model)
+    elif cfg.scores == "random":
+        scores = random_scores(model, seed)
+    else:
+        raise ValueError(f"scores {cfg.scores!r} needs uploads, not weights; weight arms: "
+                         f"l1, random, none")
+    return select_channels(scores, cfg.ratio, direction=cfg.direction, scope=cfg.scope,
+                           already=already)
+
+
+def arm_config(base: UnlearnConfig, arm: str) -> UnlearnConfig:
+    """``base`` with the overrides of the named arm (one of ``ARMS``)."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+    return replace(base, **ARMS[arm])
+
+
+def stream_seed(federation_seed: int, unlearning_seed: int) -> int:
+    """The seed of an unlearning's random streams: the federation's for unlearning seed 0,
+    else one derived from both."""
+    if unlearning_seed == 0:
+        return federation_seed
+    return int(np.random.SeedSequence([federation_seed, unlearning_seed]).generate_state(1)[0]
+               >> 1)
+
+
 def score_participants(fed: Federation, cls: int, n: int, score_from: str,
-                       draw: int = 0) -> list[int]:
+                       draw: int = 0, seed: int = 0) -> list[int]:
     """The clients that run the local proc for class ``cls``: ``n`` drawn at random among
     all clients (``score_from="all"``, the paper) or among those holding the class
-    (``"holders"``); deterministic in the federation seed and ``draw``."""
+    (``"holders"``); deterministic in the federation seed, the unlearning ``seed`` and
+    ``draw``."""
     if score_from == "holders":
         pool = fed.remote.holders(cls) if fed.remote is not None else \
             [c.client_id for c in fed.clients if bool((c.y == cls).any())]
@@ -110,5 +171,5 @@ def score_participants(fed: Federation, cls: int, n: int, score_from: str,
     else:
         raise ValueError(f"unknown score_from {score_from!r}; choose one of "
                          f"{', '.join(SCORE_FROM)}")
-    rng = np.random.default_rng([fed.cfg.seed, 7919, draw])
+    rng = np.random.default_rng([stream_seed(fed.cfg.seed, seed), 7919, draw])
     return sorted(pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False))

@@ -107,7 +107,7 @@ def test_l1_baseline_is_per_layer_lowest_and_l1_global_ranks_all_layers():
     assert chosen("l1") == {"a": [1], "b": [1, 3]}
     # global: the round(R * 12) = 3 lowest filters of the whole net
     assert chosen("l1-global") == {"a": [1, 3], "b": [1]}
-    with pytest.raises(ValueError, match="'l2'.*l1-global"):
+    with pytest.raises(ValueError, match="'l2'.*tfidf-lowest-channel"):
         ablation_mask(run, "l2", 0.25)
 
 

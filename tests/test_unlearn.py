@@ -58,3 +58,42 @@ def test_participants_are_deterministic_and_bad_option_is_named(small_digits):
         UnlearnConfig(score_from="everyone").validate()
     with pytest.raises(ValueError, match="idf_threshold 'row'"):
         replace(UnlearnConfig(), idf_threshold="row").validate()
+
+
+def test_unlearning_seed_redraws_participants_and_fine_tuning_but_not_the_partition(small_digits):
+    from fedunlearn_lib.experiment import ExperimentConfig, finetune_config
+    fed = _fed(small_digits, q=0.1)
+    draws = {tuple(score_participants(fed, 9, 5, "all", seed=s)) for s in range(6)}
+    assert len(draws) > 1  # unlearning seeds draw other local-proc participants
+    assert score_participants(fed, 9, 5, "all", seed=0) == score_participants(fed, 9, 5, "all")
+    cfg = ExperimentConfig(federation=FedConfig(seed=3), unlearning=UnlearnConfig(seed=0))
+    assert finetune_config(cfg).seed == 3  # seed 0: the federation's own streams
+    other = finetune_config(replace(cfg, unlearning=UnlearnConfig(seed=1))).seed
+    assert other != 3 and other == finetune_config(
+        replace(cfg, unlearning=UnlearnConfig(seed=1))).seed
+    with pytest.raises(ValueError, match="unlearning seed must be >= 0, got -1"):
+        UnlearnConfig(seed=-1).validate()
+
+
+def test_arms_are_unlearning_configs(small_digits):
+    from fedunlearn_lib.unlearn import ARMS, arm_config
+    fed = _fed(small_digits, q=0.1)
+    base = UnlearnConfig(ratio=0.1)
+    mask, info = prune_for_classes(fed, [9], arm_config(base, "none"))
+    assert len(mask) == 0 and info[0]["clients"] == []  # no upload, nothing pruned
+    mask, info = prune_for_classes(fed, [9], arm_config(base, "l1"))
+    assert info[0]["clients"] == [] and len(mask) > 0
+    # Li et al.: the same share of every layer
+    assert all(len(j) == max(1, round(0.1 * m.out_channels)) for n, j in mask.channels.items()
+               for name, m in fed.model.named_modules() if name == n)
+    a = prune_for_classes(_fed(small_digits, q=0.1), [9],
+                          arm_config(base, "random"))[0]
+    b = prune_for_classes(_fed(small_digits, q=0.1), [9],
+                          replace(arm_config(base, "random"), seed=1))[0]
+    assert len(a) == len(b) and a.pairs() != b.pairs()  # the unlearning seed redraws
+    assert arm_config(base, "tfidf-lowest-channel").idf_threshold == "channel"
+    assert set(ARMS) >= {"none", "random", "l1", "tfidf-lowest", "tfidf-highest"}
+    with pytest.raises(ValueError, match="unknown arm 'l2'"):
+        arm_config(base, "l2")
+    with pytest.raises(ValueError, match="unknown scores 'grad'"):
+        UnlearnConfig(scores="grad").validate()

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 from ..data import ImageData
-from ..experiment import ExperimentConfig
+from ..experiment import ExperimentConfig, flat_name
 from ..federated import FedConfig
 from ..procs import Upload
 from ..unlearn import UnlearnConfig
@@ -23,8 +23,9 @@ APP_DEFAULTS: dict[str, Any] = {
     "round-timeout": 600.0,  # seconds to wait for the nodes' replies to one request
     "min-replies": 1,  # fewer valid replies than this stops the run with an error
 }
-_SECTIONS = {**{f.name: "federation" for f in fields(FedConfig)},
-             **{f.name: "unlearning" for f in fields(UnlearnConfig)}}
+_SECTIONS = {flat_name(section, f.name): (section, f.name)  # key -> (section, field)
+             for section, cls in (("federation", FedConfig), ("unlearning", UnlearnConfig))
+             for f in fields(cls)}
 
 
 def experiment_config(run_config: Mapping[str, Any]) -> tuple[ExperimentConfig, dict]:
@@ -45,7 +46,8 @@ def experiment_config(run_config: Mapping[str, Any]) -> tuple[ExperimentConfig, 
         if isinstance(value, str) and value.lower() == "none":
             value = None
         if name in _SECTIONS:
-            raw.setdefault(_SECTIONS[name], {})[name] = value
+            section, field = _SECTIONS[name]
+            raw.setdefault(section, {})[field] = value
         elif name in top:
             raw[name] = value
         else:
