@@ -6,7 +6,7 @@ one unlearning request (local procs + server proc) against one fine-tuning round
 time per round of a masked vs a physically pruned model, and peak memory of each. The
 last line is the summary:
 
-    fedavg/centralized=0.93 paper-scale=0.86 scoring/round=0.40 pruned/masked=0.97
+    fedavg/centralized=0.93 paper-scale=0.86 scoring/round=0.40 pruned/masked=0.97 channels-last/contiguous=1.20
 
 Usage: python benchmarks/bench_sim.py [--model resnet20] [--batch-size 32] [--device cpu]
 """
@@ -109,7 +109,9 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.3, help="R for pruned vs masked")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="the main measurements in channels-last layout (the other layout is "
+                         "timed once for the comparison)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,11 +123,12 @@ def main() -> None:
     print(f"device={device} threads={torch.get_num_threads()} model={args.model} "
           f"batch={args.batch_size} samples={args.samples}")
 
-    def fed(cfg: FedConfig, model=None, mask=None, exclude=()) -> Federation:
+    def fed(cfg: FedConfig, model=None, mask=None, exclude=(),
+            channels_last: bool = args.channels_last) -> Federation:
         torch.manual_seed(0)
         model = model if model is not None else build_model(args.model, data.num_classes)
         return Federation(model, data, cfg, forget=[9], exclude=exclude, mask=mask,
-                          device=device, progress=False, channels_last=args.channels_last)
+                          device=device, progress=False, channels_last=channels_last)
 
     rows = []
     reset_peak(device)
@@ -137,6 +140,13 @@ def main() -> None:
     quick_ips, _ = timed_rounds(fed(quick), args.rounds)
     rows.append((f"FedAvg {args.per_round}/{args.clients} clients", quick_ips, None,
                  peak_memory_mb(device)))
+
+    # the same rounds in the other memory layout
+    reset_peak(device)
+    other_ips, _ = timed_rounds(fed(quick, channels_last=not args.channels_last), args.rounds)
+    rows.append((f"  ... {'contiguous' if args.channels_last else 'channels-last'}", other_ips,
+                 None, peak_memory_mb(device)))
+    last, contiguous = (quick_ips, other_ips) if args.channels_last else (other_ips, quick_ips)
 
     reset_peak(device)
     paper_ips, _ = timed_rounds(fed(paper), args.rounds)
@@ -182,7 +192,8 @@ def main() -> None:
     print(f"pruned model: {removed} channels removed, {len(keep)} kept masked, "
           f"MACs {macs[0] / 1e6:.1f}M -> {macs[1] / 1e6:.1f}M")
     print(f"fedavg/centralized={quick_ips / central:.2f} paper-scale={paper_ips / central:.2f} "
-          f"scoring/round={t_score / t_round:.2f} pruned/masked={t_pruned / t_masked:.2f}")
+          f"scoring/round={t_score / t_round:.2f} pruned/masked={t_pruned / t_masked:.2f} "
+          f"channels-last/contiguous={last / contiguous:.2f}")
 
 
 if __name__ == "__main__":

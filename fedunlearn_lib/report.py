@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
@@ -34,13 +35,45 @@ def _label(run: dict) -> dict:
         dataset = Path(c["data_root"]).name
     return {"dataset": dataset, "model": c["model"],
             "forget": ",".join(map(str, c["forget"])), "q": c["federation"]["q"],
-            "seed": c["federation"]["seed"], "direction": c["unlearning"]["direction"]}
+            "seed": c["federation"]["seed"],
+            "unlearning seed": c["unlearning"].get("seed", 0),
+            "direction": c["unlearning"]["direction"]}
+
+
+def mean_sd(values: Iterable[float | None], digits: int = 2) -> str | None:
+    """"mean ± sd" of the values present (sample sd); the mean alone for one value."""
+    v = np.array([x for x in values if x is not None and not pd.isna(x)], dtype=float)
+    if len(v) == 0:
+        return None
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def summarize(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """One row per group of ``by``: "mean ± sd" of each of ``columns`` and ``n`` (runs)."""
+    rows = []
+    for key, part in df.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "n": len(part),
+                     **{c: mean_sd(pd.to_numeric(part[c], errors="coerce")) for c in columns}})
+    return pd.DataFrame(rows)
 
 
 def table2(runs: list[dict]) -> pd.DataFrame:
-    """The paper's Table 2: U-/R-set accuracy (%) raw, after pruning, fine-tuned, retrained;
-    rounds and speedup under the paper's and the strict stop rule; U-set % at every
-    fine-tuning round."""
+    """The paper's Table 2 over seeds: mean ± sd and n of ``table2_runs``' numbers per data
+    set, model, forget set and q."""
+    df = table2_runs(runs)
+    numbers = [c for c in df.columns if c not in ("dataset", "model", "forget", "q", "seed",
+                                                  "unlearning seed", "direction",
+                                                  "U by fine-tuning round")]
+    return summarize(df, ["dataset", "model", "forget", "q"], numbers)
+
+
+def table2_runs(runs: list[dict]) -> pd.DataFrame:
+    """The paper's Table 2, one row per run: U-/R-set accuracy (%) raw, after pruning,
+    fine-tuned, retrained; rounds and speedup under the paper's and the strict stop rule;
+    U-set % at every fine-tuning round."""
     rows = []
     for run in runs:
         row = _label(run)
@@ -61,7 +94,8 @@ def table2(runs: list[dict]) -> pd.DataFrame:
 
 
 def accuracy_curves(runs: list[dict]) -> plt.Figure:
-    """The paper's Figure 3: R-set test accuracy per round, fine-tuning vs retraining."""
+    """The paper's Figure 3: R-set test accuracy per round, fine-tuning vs retraining; with
+    several seeds the mean and a band of one sd."""
     frames = []
     for run in runs:
         lab = _label(run)
@@ -75,6 +109,7 @@ def accuracy_curves(runs: list[dict]) -> plt.Figure:
     panels = sorted(df["panel"].unique())
     g = sns.relplot(data=df, x="round", y="R-set accuracy (%)", hue="curve", col="panel",
                     col_order=panels, col_wrap=min(3, len(panels)), kind="line", marker="o",
+                    errorbar="sd",
                     height=3.2, aspect=1.25, facet_kws={"sharex": False})
     g.set_titles("{col_name}")
     g.set_axis_labels("federated round", "R-set accuracy (%)")
@@ -159,3 +194,37 @@ def robustness_figure(summary: pd.DataFrame) -> plt.Figure:
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def decide_figure(runs: pd.DataFrame, retrain: pd.DataFrame, target: float) -> plt.Figure:
+    """The deciding comparison: U- and R-set test accuracy per fine-tuning round for each arm
+    (mean, band of one sd over runs; round 0 is right after pruning), and retraining's R."""
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, title in ((axes[0], "U", "U-set accuracy (forgotten)"),
+                           (axes[1], "R", "R-set accuracy (remaining)")):
+        sns.lineplot(data=runs, x="round", y=key, hue="arm", errorbar="sd", marker="o", ax=ax)
+        ax.set(xlabel="fine-tuning round", ylabel="test accuracy (%)", title=title)
+    sns.lineplot(data=retrain, x="round", y="R", errorbar="sd", color="black", ls=":",
+                 label="retraining", ax=axes[1])
+    axes[1].axhline(100 * target, color="gray", ls="--", label="target (mean)")
+    axes[0].get_legend().remove()
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def jobs_table(benchmark_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Every job's wall-clock seconds from Snakemake's ``benchmark:`` records, by kind of
+    rule, with the total (hours) in the last row."""
+    rows = []
+    for path in sorted(map(Path, benchmark_files)):
+        rec = pd.read_csv(path, sep="\t")
+        rows.append({"job": path.stem, "rule": path.stem.split("_")[0],
+                     "seconds": round(float(rec["s"].iloc[-1]), 1)})
+    df = pd.DataFrame(rows, columns=["job", "rule", "seconds"])
+    total = pd.DataFrame([{"job": "total", "rule": f"{len(df)} jobs",
+                           "seconds": round(float(df["seconds"].sum()), 1)}])
+    df = pd.concat([df, total], ignore_index=True)
+    df["hours"] = (df["seconds"] / 3600).round(3)
+    return df

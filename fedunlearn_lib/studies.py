@@ -19,6 +19,7 @@ from .classwise import accuracy_kl, per_class_accuracy, prediction_histogram, so
 from .data import BatchTransform
 from .evidence import bn_recall, information_left
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
+from .io import load_blob
 from .federated import Federation, rounds_for
 from . import fisher as fl
 from .masking import ChannelMask, jaccard
@@ -26,7 +27,7 @@ from .mia import ATTACKS, membership_attack, model_logits
 from .procs import aggregate, local_proc
 from .pruning import conv_flops, layer_scores, remove_channels, select_channels
 from .tfidf import IDF_THRESHOLDS
-from .unlearn import (arm_config, prune_for_classes, score_participants, server_selection,
+from .unlearn import (arm_config, arm_of, prune_for_classes, score_participants, server_selection,
                       stream_seed, weight_selection)
 
 
@@ -60,12 +61,12 @@ def evidence_columns(ev: dict) -> dict:
             "probe U": pct(ev["probe"])}
 
 
-def closeness_columns(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
+def closeness(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
     """How close ``model`` is to forgetting like retraining, on the forgotten classes:
-    U-set test accuracy after BatchNorm recall (running statistics re-estimated on the
+    U-set test accuracy (%) after BatchNorm recall (running statistics re-estimated on the
     retained classes, masked channels kept at zero), the mean per-image KL divergence from
     the retrained model's predictions on the forgotten classes' test and training images,
-    and where their test images go (the most predicted class and its share)."""
+    and the share of their test images predicted as each class (``U test histogram``)."""
     data, forget = run.data, run.cfg.forget
     transform = BatchTransform(data.mean, data.std, data.test_x.device)
     fed = Federation(bn_recall(model, data, forget, mask), data, run.cfg.federation,
@@ -76,11 +77,72 @@ def closeness_columns(run: Run, model: nn.Module, mask: ChannelMask | None = Non
     for split, x in (("test", data.test_x[u_test]), ("train", data.train_x[u_train])):
         out[f"KL to retrained U {split}"] = round(softmax_kl(
             model_logits(run.retrained, x, transform), model_logits(model, x, transform)), 4)
-    hist = prediction_histogram(model_logits(model, data.test_x[u_test], transform),
-                                data.num_classes)
-    top = int(hist.argmax())
-    out["U test goes to"] = f"{data.classes[top]} {100 * hist[top]:.0f}%"
+    out["U test histogram"] = prediction_histogram(
+        model_logits(model, data.test_x[u_test], transform), data.num_classes)
     return out
+
+
+def goes_to(histogram: np.ndarray, classes: Sequence[str]) -> str:
+    """The most predicted class of a prediction histogram and its share."""
+    top = int(np.argmax(histogram))
+    return f"{classes[top]} {100 * histogram[top]:.0f}%"
+
+
+def closeness_columns(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
+    """``closeness`` as table columns: where the forgotten test images go, as text."""
+    out = closeness(run, model, mask)
+    out["U test goes to"] = goes_to(out.pop("U test histogram"), run.data.classes)
+    return out
+
+
+# ------------------------------------------------------- the deciding comparison
+def decide_row(run: Run, relearn_rounds: int) -> dict:
+    """One run of the deciding comparison: its arm and seeds, rounds to target and speedup
+    under both stop rules, accuracies, relearn rounds, probe accuracy and ``closeness``."""
+    m, cfg = run.metrics, run.cfg
+    mask = ChannelMask(load_blob(run.path / "pruned.pt", cfg.device)["mask"])
+    ev = evidence(run, {"unlearned": run.unlearned}, relearn_rounds)["unlearned"]
+    return {"arm": arm_of(cfg.unlearning), "seed": cfg.federation.seed,
+            "unlearning seed": cfg.unlearning.seed, "pruned channels": len(mask),
+            "rounds": m["rounds_finetune"], "rounds strict": m["rounds_finetune_strict"],
+            "speedup": m["speedup"], "speedup strict": m["speedup_strict"],
+            "pruned U": pct(m["pruned"]["u_acc"]), "pruned R": pct(m["pruned"]["r_acc"]),
+            "final U": pct(m["finetuned"]["u_acc"]), "final R": pct(m["finetuned"]["r_acc"]),
+            "relearn": ev["relearn"]["rounds"], "probe U": pct(ev["probe"]),
+            **closeness(run, run.unlearned, mask)}
+
+
+def retrained_row(run: Run, relearn_rounds: int) -> dict:
+    """The retrained model of ``run``'s pretraining seed, in ``decide_row``'s columns."""
+    m = run.metrics
+    ev = evidence(run, {"retrained": run.retrained}, relearn_rounds)["retrained"]
+    return {"arm": "retrained", "seed": run.cfg.federation.seed,
+            "rounds": m["rounds_retrain"], "rounds strict": m["rounds_retrain_strict"],
+            "final U": pct(m["retrained"]["u_acc"]), "final R": pct(m["retrained"]["r_acc"]),
+            "relearn": ev["relearn"]["rounds"], "probe U": pct(ev["probe"]),
+            "BN-recall U": closeness(run, run.retrained)["BN-recall U"]}
+
+
+def retrained_spread(runs: Sequence[Run]) -> list[dict]:
+    """Retraining's own spread: the mean per-image KL divergence between the retrained
+    models of every ordered pair of pretraining seeds, on the forgotten classes' test and
+    training images (one run per seed)."""
+    rows = []
+    for a in runs:
+        for b in runs:
+            if a is b:
+                continue
+            data, forget = a.data, a.cfg.forget
+            transform = BatchTransform(data.mean, data.std, data.test_x.device)
+            row = {"seeds": f"{a.cfg.federation.seed}->{b.cfg.federation.seed}"}
+            for split, (x, y) in (("test", (data.test_x, data.test_y)),
+                                  ("train", (data.train_x, data.train_y))):
+                x = x[torch.isin(y, torch.tensor(forget, device=y.device))]
+                row[f"KL to retrained U {split}"] = round(softmax_kl(
+                    model_logits(a.retrained, x, transform),
+                    model_logits(b.retrained, x, transform)), 4)
+            rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------- Table 4: MIA
@@ -372,14 +434,18 @@ def selection_stability(run: Run, q: float, sizes: Sequence[int], repeats: int,
 
 def demo_runs(experiment: dict, variations: Sequence[dict], out: str | Path) -> list[Path]:
     """Run ``experiment`` once per variation (e.g. ``{"forget": [0]}``) under ``out``, sharing
-    one pretraining per bias probability: the stand-alone default of the study notebooks."""
+    one pretraining per bias probability and seed, and its retraining per forget set: the
+    stand-alone default of the study notebooks."""
     out = Path(out)
     paths = []
     for i, var in enumerate(variations):
-        fed = {**experiment.get("federation", {}), **var.get("federation", {})}
-        cfg = ExperimentConfig.from_dict({**experiment, **var, "federation": fed})
-        pre = out / f"pretrain_q{cfg.federation.q}.pt"
-        run_experiment(cfg, out / f"run{i}", progress=False, pretrained=pre)
+        cfg = ExperimentConfig.from_dict({**experiment, **var, **{
+            part: {**experiment.get(part, {}), **var.get(part, {})}
+            for part in ("federation", "unlearning")}})
+        pre = f"q{cfg.federation.q}_seed{cfg.federation.seed}"
+        forget = "-".join(map(str, cfg.forget))
+        run_experiment(cfg, out / f"run{i}", progress=False, pretrained=out / f"pretrain_{pre}.pt",
+                       retrained=out / f"retrain_{pre}_forget{forget}.pt")
         paths.append(out / f"run{i}")
     return paths
 

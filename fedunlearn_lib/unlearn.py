@@ -146,6 +146,12 @@ def arm_config(base: UnlearnConfig, arm: str) -> UnlearnConfig:
     return replace(base, **ARMS[arm])
 
 
+def arm_of(cfg: UnlearnConfig) -> str:
+    """The name of the arm whose overrides ``cfg`` carries ("custom" if none)."""
+    return next((name for name, over in ARMS.items()
+                 if all(getattr(cfg, k) == v for k, v in over.items())), "custom")
+
+
 def stream_seed(federation_seed: int, unlearning_seed: int) -> int:
     """The seed of an unlearning's random streams: the federation's for unlearning seed 0,
     else one derived from both."""

@@ -15,4 +15,5 @@ def test_bench_sim_prints_the_summary_line():
         capture_output=True, text=True, check=True).stdout
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"fedavg/centralized=\d+\.\d\d paper-scale=\d+\.\d\d "
-                        r"scoring/round=\d+\.\d\d pruned/masked=\d+\.\d\d", last), last
+                        r"scoring/round=\d+\.\d\d pruned/masked=\d+\.\d\d "
+                        r"channels-last/contiguous=\d+\.\d\d", last), last

@@ -1,6 +1,11 @@
 import json
 
-from fedunlearn_lib.report import accuracy_curves, load_metrics, save_figure, table2, write_table
+import pandas as pd
+import pytest
+
+from fedunlearn_lib.compare import compare_folders, compare_tables, parse_cell
+from fedunlearn_lib.report import (accuracy_curves, jobs_table, load_metrics, mean_sd,
+                                   save_figure, summarize, table2, table2_runs, write_table)
 
 
 def _metrics(speedup=7.25):
@@ -19,7 +24,7 @@ def test_table2_has_one_row_per_run_in_percent(tmp_path):
     p = tmp_path / "metrics.json"
     p.write_text(json.dumps(_metrics()))
     runs = load_metrics([p])
-    t = table2(runs + [{**_metrics(None), "path": "x"}])
+    t = table2_runs(runs + [{**_metrics(None), "path": "x"}])
     assert list(t["forget"]) == ["0,9", "0,9"]
     assert t.loc[0, "raw U"] == 50.0 and t.loc[0, "retrained R"] == 30.0
     assert t.loc[0, "speedup"] == 7.25 and t["speedup"].isna().iloc[1]
@@ -34,3 +39,51 @@ def test_figure3_has_a_panel_per_experiment_and_saves_png_and_pdf(tmp_path):
     assert len(fig.axes) == 1
     paths = save_figure(fig, tmp_path / "fig3")
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_table2_gives_mean_sd_and_n_over_seeds():
+    runs = [_metrics(4.0), _metrics(6.0), _metrics(None)]
+    runs[1]["config"] = {**runs[1]["config"], "federation": {"q": 0.1, "seed": 1}}
+    t = table2(runs)
+    assert len(t) == 1 and t.loc[0, "n"] == 3
+    assert t.loc[0, "speedup"] == "5.00 ± 1.41"  # the run without a speedup is left out
+    assert t.loc[0, "raw U"] == "50.00 ± 0.00"
+
+
+def test_mean_sd_and_summarize():
+    assert mean_sd([1.0, 3.0]) == "2.00 ± 1.41" and mean_sd([2.0]) == "2.00"
+    assert mean_sd([None, float("nan")]) is None
+    df = pd.DataFrame({"arm": ["a", "a", "b"], "x": [1, 3, 5]})
+    s = summarize(df, ["arm"], ["x"])
+    assert s.to_dict("records") == [{"arm": "a", "n": 2, "x": "2.00 ± 1.41"},
+                                    {"arm": "b", "n": 1, "x": "5.00"}]
+
+
+def test_comparison_flags_only_differences_beyond_the_spread(tmp_path):
+    assert parse_cell("12.5 ± 1.5") == (12.5, 1.5) and parse_cell(3) == (3.0, None)
+    assert parse_cell("truck 40%") is None
+    ref = pd.DataFrame({"arm": ["none", "tfidf"], "rounds": ["5.00 ± 1.00", "2.00 ± 0.50"],
+                        "R": [80.0, 81.0]})
+    new = pd.DataFrame({"arm": ["none", "tfidf"], "rounds": ["5.90 ± 0.20", "3.00 ± 0.40"],
+                        "R": [84.0, 87.0]})
+    diffs = compare_tables(new, ref, tolerance=5.0)
+    # rounds: 0.9 <= 1.0 (none) but 1.0 > 0.5 (tfidf); R: 4 <= 5 but 6 > 5
+    assert sorted(zip(diffs["row"], diffs["column"])) == [("tfidf", "R"), ("tfidf", "rounds")]
+    extra = pd.concat([new, pd.DataFrame({"arm": ["l1"], "rounds": ["1"], "R": [1.0]})])
+    assert "missing" in set(compare_tables(extra, ref, 5.0)["reference"])
+    (tmp_path / "ref").mkdir(), (tmp_path / "new").mkdir()
+    ref.to_csv(tmp_path / "ref/t.csv", index=False)
+    new.to_csv(tmp_path / "new/t.csv", index=False)
+    pd.DataFrame({"job": ["x"], "seconds": [1.0]}).to_csv(tmp_path / "ref/table_jobs.csv")
+    report = compare_folders(tmp_path / "new", tmp_path / "ref", 5.0)
+    assert "## t: 2 cell(s) differ" in report and "table_jobs" not in report
+    assert "nothing to compare" in compare_folders(tmp_path / "new", tmp_path / "none", 5.0)
+
+
+def test_jobs_table_sums_the_benchmark_records(tmp_path):
+    for name, s in (("pretrain_a", 60.0), ("unlearn_b", 30.5)):
+        (tmp_path / f"{name}.tsv").write_text(f"s\th:m:s\tmax_rss\n{s}\t0:01:00\t100\n")
+    jobs = jobs_table(sorted(tmp_path.glob("*.tsv")))
+    assert list(jobs["job"]) == ["pretrain_a", "unlearn_b", "total"]
+    assert jobs["seconds"].iloc[-1] == pytest.approx(90.5)
+    assert jobs["hours"].iloc[-1] == pytest.approx(90.5 / 3600, abs=1e-3)

@@ -7,14 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-STUDIES = ("mia", "kl_distribution", "bias_fisher", "multiclass", "ablations", "robustness")
+STUDIES = ("mia", "kl_distribution", "bias_fisher", "multiclass", "ablations", "robustness",
+           "decide")
 # the kind of each rule, which picks its threads and resources in config/<profile>.yaml
-KIND = {"pretrain": "pretrain", "unlearn": "unlearn", "report": "report",
+KIND = {"pretrain": "pretrain", "retrain": "pretrain", "unlearn": "unlearn", "report": "report",
         "feature_maps": "study", **{s: "study" for s in STUDIES}}
 
 
@@ -72,11 +74,14 @@ def test_paper_profile_plans_every_experiment(paper_plan):
     # Tables 3 and 6, Figure 4: ResNet-20 x {0+9, 0+5, 5+9, 0+5+9}, ResNet-56 x {0+9,
     # 0+5+9}, VGG-11 x {0+5+9}, VGG-19 x {0+5+9}: 8, of which 0+9 (ResNet-20/56) are
     # already in Table 4: +6; Table 1, 2 data sets x 3 q: +6; the ablations reuse
-    # CIFAR-10 ResNet-20 class 9: +0. 16 + 8 + 6 + 6 = 36
-    assert counts["unlearn"] == 36, paper_plan
+    # CIFAR-10 ResNet-20 class 9: +0. 16 + 8 + 6 + 6 = 36; the deciding comparison adds its
+    # arms other than the paper's (none, random, l1, tfidf-lowest) on that run: 40
+    assert counts["unlearn"] == 40, paper_plan
+    # one retraining per pretraining and forget set, shared by every arm: 36
+    assert counts["retrain"] == 36, paper_plan
     for rule in ("feature_maps", "report", "all") + STUDIES:
         assert counts[rule] == 1, rule
-    assert counts["total"] == 67, paper_plan
+    assert counts["total"] == 108, paper_plan
 
 
 def test_paper_profile_rules_declare_the_profile_resources(paper_plan):
@@ -143,21 +148,32 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
                                   "profile=smoke").stdout)
     run = _snakemake(wd, "--cores", "2", "--config", "profile=smoke", check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    fig = wd / "figures" / "smoke"
+    fig = wd / "results" / "smoke" / "figures"
     figures = ("fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
-               "fig4_multiclass_curves", "fig5_class_accuracy", "fig_ablations", "fig_robustness")
-    tables = ("table1", "table2", "table3", "table4", "table5", "table_ablations",
-              "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
-              "table_idf_readings", "table_robustness")
+               "fig4_multiclass_curves", "fig5_class_accuracy", "fig_decide", "fig_ablations",
+               "fig_robustness")
+    tables = ("table1", "table2", "table2_runs", "table3", "table4", "table5", "table_decide",
+              "table_ablations", "table_ablation_ratio", "table_ablation_apply",
+              "table_ablation_stability", "table_idf_readings", "table_robustness",
+              "table_jobs")
     for name in [f"{f}.{e}" for f in figures for e in ("png", "pdf")] + \
             [f"{t}.{e}" for t in tables for e in ("csv", "md")]:
         assert (fig / name).stat().st_size > 0, name
     notebooks = wd / "results/smoke/notebooks"
-    assert list(notebooks.glob(
-        "03_unlearn_main_digits_resnet20_q0.1_seed0_p*_forget9-u*.ipynb"))
+    # one retraining per forget set, shared by both unlearning seeds and every arm
+    assert len(list(notebooks.glob("02_retrain_main_digits_resnet20_q0.1_seed0_p*_forget9"
+                                   ".ipynb"))) == 1
+    assert len(list(notebooks.glob("03_unlearn_main_digits_resnet20_q0.1_seed0_p*_forget9_"
+                                   "*-s*-u*.ipynb"))) == 4  # tfidf-highest s0, s1; none s0, s1
     for nb in ("04_mia", "05_kl_distribution", "06_bias_fisher", "07_multiclass", "08_ablations",
-               "10_robustness"):
+               "10_robustness", "11_decide"):
         assert (notebooks / f"{nb}.ipynb").exists(), nb
+    decide = pd.read_csv(fig / "table_decide.csv")
+    assert list(decide["arm"]) == ["none", "tfidf-highest", "retrained"]
+    assert list(decide["n"]) == [2, 2, 1]
+    jobs = pd.read_csv(fig / "table_jobs.csv")  # every job but the report itself
+    assert len(jobs) - 1 == plan["total"] - 2 and jobs["seconds"].iloc[-1] > 0
+    assert "No reference tables" in (fig / "comparison.md").read_text()  # none for smoke
     again = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke")
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -174,7 +190,8 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     assert _job_counts(out) == {**expected, "total": sum(expected.values())}, out
     for job in (j for j in _jobs(out) if j["rule"] == "unlearn"):
         folder = (wd / job["output"][0]).parent
-        assert not folder.exists() and (folder.parent / "pretrain.pt").exists(), folder
+        assert not folder.exists() and (folder.parent / "retrain.pt").exists() \
+            and (folder.parent.parent / "pretrain.pt").exists(), folder
 
     # A study parameter (Snakemake's params trigger): the studies that read it rerun.
     smoke = yaml.safe_load((wd / "config/smoke.yaml").read_text())
@@ -182,5 +199,5 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     edited.write_text(yaml.safe_dump(smoke))
     out = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke",
                      "--configfile", str(edited)).stdout
-    assert _job_counts(out) == {"bias_fisher": 1, "multiclass": 1, "ablations": 1,
-                                "all": 1, "total": 4}, out
+    assert _job_counts(out) == {"bias_fisher": 1, "multiclass": 1, "ablations": 1, "decide": 1,
+                                "report": 1, "all": 1, "total": 6}, out
