@@ -7,8 +7,8 @@
 #
 # Tables and figures go to results/<profile>/figures/; the committed reference results of
 # a profile live in figures/<profile>/, and the report compares the two (comparison.md).
-# Every job's time is recorded (benchmark:) under results/<profile>/benchmarks/ and summed
-# in table_jobs.
+# Every job's time is recorded (benchmark:) under results/<profile>/benchmarks/<rule>/ and
+# summed in table_jobs (all but the report's own, which writes that table).
 #
 # Result identity: a run's folder names a short hash of every setting that changes its
 # result, so editing a profile rebuilds exactly what depends on the edit and keeps the old
@@ -209,7 +209,8 @@ def pretrain_dir(setting, dataset, model, q, seed):
 
 
 def run_dir(dataset, model, forget, q=None, setting="main", seed=None, arm=ARM, useed=0):
-    """Output folder of one unlearning run (q and seed default to the data set's first)."""
+    """Output folder of one unlearning run (q defaults to the data set's first, seed to the
+    profile's first)."""
     q = config["q"][dataset][0] if q is None else q
     seed = config["seeds"][0] if seed is None else seed
     u = settings_hash(experiment(setting, dataset, model, q, seed, forget, arm, useed))
@@ -263,15 +264,15 @@ def benchmarks_of(run):
     name = NAME.format(setting=setting, dataset=dataset, model=model, q=q[1:], seed=seed[4:],
                        phash=phash[1:])
     job = f"{name}_{forget}"
-    return [f"{BENCH}/pretrain_{name}.tsv", f"{BENCH}/retrain_{job}.tsv",
-            f"{BENCH}/unlearn_{job}_{arm_run}.tsv"]
+    return [f"{BENCH}/pretrain/{name}.tsv", f"{BENCH}/retrain/{job}.tsv",
+            f"{BENCH}/unlearn/{job}_{arm_run}.tsv"]
 
 
-FM_BENCH = "{}/pretrain_{}.tsv".format(
+FM_BENCH = "{}/pretrain/{}.tsv".format(
     BENCH, NAME.format(setting=FM_PRE[0], dataset=D0, model=FM["model"], q=FM_PRE[3],
                        seed=FM_PRE[4], phash=Path(pretrain_dir(*FM_PRE)).name[1:]))
 BENCHMARKS = sorted({*(b for r in ALL_RUNS for b in benchmarks_of(r)), FM_BENCH,
-                     *(f"{BENCH}/{rule}.tsv" for rule in STUDY_RULES)})
+                     *(f"{BENCH}/{rule}/{rule}.tsv" for rule in STUDY_RULES)})
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_decide", "table_ablations",
           "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
           "table_idf_readings", "table_robustness"]
@@ -302,7 +303,7 @@ rule pretrain:
     resources:
         **resources_of("pretrain"),
     benchmark:
-        f"{BENCH}/pretrain_{NAME}.tsv"
+        f"{BENCH}/pretrain/{NAME}.tsv"
     run:
         papermill("02_pretrain", output.notebook,
                   {"experiment": placed(params.experiment), "checkpoint": output.ckpt}, threads)
@@ -318,7 +319,7 @@ rule retrain:
     resources:
         **resources_of("pretrain"),
     benchmark:
-        f"{BENCH}/retrain_{JOB}.tsv"
+        f"{BENCH}/retrain/{JOB}.tsv"
     run:
         papermill("02_pretrain", output.notebook,
                   {"experiment": placed(params.experiment), "checkpoint": output.ckpt,
@@ -338,7 +339,7 @@ rule unlearn:
     resources:
         **resources_of("unlearn"),
     benchmark:
-        f"{BENCH}/unlearn_{JOB}_{{arm}}-s{{useed}}-u{{uhash}}.tsv"
+        f"{BENCH}/unlearn/{JOB}_{{arm}}-s{{useed}}-u{{uhash}}.tsv"
     run:
         papermill("03_unlearn", output.notebook,
                   {"experiment": placed(params.experiment), "pretrained": input.pretrained,
@@ -360,7 +361,7 @@ rule feature_maps:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/feature_maps.tsv"
+        f"{BENCH}/feature_maps/feature_maps.tsv"
     run:
         papermill("01_feature_maps", output.notebook,
                   {"experiment": placed(params.experiment), "checkpoint": input.checkpoint,
@@ -386,6 +387,8 @@ rule report:
     threads: threads_of("report")
     resources:
         **resources_of("report"),
+    benchmark:
+        f"{BENCH}/report/report.tsv"  # its own time is not in table_jobs
     run:
         papermill("09_report", output.notebook,
                   {"metrics_files": list(input.metrics), "figure_dir": FIG,
@@ -440,7 +443,7 @@ rule mia:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/mia.tsv"
+        f"{BENCH}/mia/mia.tsv"
     run:
         run_study("04_mia", input, output.notebook, threads, params.study)
 
@@ -457,7 +460,7 @@ rule kl_distribution:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/kl_distribution.tsv"
+        f"{BENCH}/kl_distribution/kl_distribution.tsv"
     run:
         run_study("05_kl_distribution", input, output.notebook, threads, params.study)
 
@@ -474,7 +477,7 @@ rule bias_fisher:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/bias_fisher.tsv"
+        f"{BENCH}/bias_fisher/bias_fisher.tsv"
     run:
         run_study("06_bias_fisher", input, output.notebook, threads, params.study)
 
@@ -491,7 +494,7 @@ rule multiclass:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/multiclass.tsv"
+        f"{BENCH}/multiclass/multiclass.tsv"
     run:
         run_study("07_multiclass", input, output.notebook, threads, params.study)
 
@@ -508,7 +511,7 @@ rule ablations:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/ablations.tsv"
+        f"{BENCH}/ablations/ablations.tsv"
     run:
         run_study("08_ablations", input, output.notebook, threads, params.study)
 
@@ -525,7 +528,7 @@ rule robustness:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/robustness.tsv"
+        f"{BENCH}/robustness/robustness.tsv"
     run:
         run_study("10_robustness", input, output.notebook, threads, params.study)
 
@@ -542,6 +545,6 @@ rule decide:
     resources:
         **resources_of("study"),
     benchmark:
-        f"{BENCH}/decide.tsv"
+        f"{BENCH}/decide/decide.tsv"
     run:
         run_study("11_decide", input, output.notebook, threads, params.study)

@@ -43,8 +43,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
         if f.name in _SECTIONS:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
-        group.add_argument(_flag(flat_name(title, f.name)), dest=f"{title}.{f.name}", type=_arg_type(hints[f.name]),
-                           default=None, help=f"(default: {default})")
+        group.add_argument(_flag(flat_name(title, f.name)), dest=f"{title}.{f.name}",
+                           type=_arg_type(hints[f.name]), default=None,
+                           help=f"(default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:

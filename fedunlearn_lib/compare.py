@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-_CELL = re.compile(r"^\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*(?:±\s*([0-9.]+(?:e-?[0-9]+)?))?\s*$")
+_CELL = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+                   r"\s*(?:±\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
+# columns that measure the machine, not the method: never compared
+MACHINE_COLUMNS = ("s/round", "seconds", "hours")
 
 
 def parse_cell(value: object) -> tuple[float, float | None] | None:
@@ -21,44 +24,49 @@ def parse_cell(value: object) -> tuple[float, float | None] | None:
     return float(m.group(1)), None if m.group(2) is None else float(m.group(2))
 
 
+def _same(a: object, b: object) -> bool:
+    """Equality of two non-numeric cells, missing values equal to each other."""
+    return (pd.isna(a) and pd.isna(b)) if pd.isna(a) or pd.isna(b) else str(a) == str(b)
+
+
 def compare_tables(rebuilt: pd.DataFrame, reference: pd.DataFrame,
                    tolerance: float) -> pd.DataFrame:
     """The cells where ``rebuilt`` differs from ``reference`` by more than the spread.
 
-    Rows are matched by their label columns (those with no number in the reference); a
-    numeric cell differs when |rebuilt - reference| exceeds the larger sd of the two
-    ("mean ± sd" cells) or, for a single-seed number, ``tolerance``. Rows or columns on one
-    side only are listed too."""
-    numeric = [c for c in reference.columns
-               if reference[c].map(lambda v: parse_cell(v) is not None).all()]
-    labels = [c for c in reference.columns if c not in numeric]
+    Tables are compared row by row in order (a rebuild of one profile writes its rows in
+    the reference's order). Two numbers differ when they lie further apart than the
+    larger sd of the two ("mean ± sd" cells) or, where neither has an sd (single-seed
+    numbers), than ``tolerance``; other cells (text, ">5", missing) differ when they are not
+    equal. Columns or rows on one side only are listed too; timings are not compared."""
+    diffs: list[dict] = []
 
-    def keyed(df: pd.DataFrame) -> dict[tuple, pd.Series]:
-        return {tuple(str(r[c]) for c in labels if c in df.columns): r for _, r in df.iterrows()}
+    def note(row: str, column: str, ref: object, new: object, allowed: float | None = None):
+        diffs.append({"row": row, "column": column, "reference": ref, "rebuilt": new,
+                      "allowed": allowed})
 
-    ref, new = keyed(reference), keyed(rebuilt)
-    diffs = []
-    for key in [k for k in ref if k not in new]:
-        diffs.append({"row": " / ".join(key), "column": "–", "reference": "row",
-                      "rebuilt": "missing", "allowed": None})
-    for key in [k for k in new if k not in ref]:
-        diffs.append({"row": " / ".join(key), "column": "–", "reference": "missing",
-                      "rebuilt": "row", "allowed": None})
-    for key in (k for k in ref if k in new):
-        for col in numeric:
-            a = parse_cell(ref[key][col])
-            b = parse_cell(new[key].get(col)) if col in new[key] else None
-            if b is None:
-                diffs.append({"row": " / ".join(key), "column": col,
-                              "reference": ref[key][col], "rebuilt": new[key].get(col),
-                              "allowed": None})
+    for col in reference.columns.difference(rebuilt.columns, sort=False):
+        note("–", col, "column", "missing")
+    for col in rebuilt.columns.difference(reference.columns, sort=False):
+        note("–", col, "missing", "column")
+    if len(rebuilt) != len(reference):
+        note("–", "–", f"{len(reference)} rows", f"{len(rebuilt)} rows")
+    labels = [c for c in reference.columns if reference[c].map(
+        lambda v: isinstance(v, str) and parse_cell(v) is None).all()]
+    shared = [c for c in reference.columns if c in rebuilt.columns
+              and c not in MACHINE_COLUMNS]
+    for i in range(min(len(rebuilt), len(reference))):
+        ref, new = reference.iloc[i], rebuilt.iloc[i]
+        row = " / ".join(str(ref[c]) for c in labels) or f"row {i + 1}"
+        for col in shared:
+            a, b = parse_cell(ref[col]), parse_cell(new[col])
+            if a is None or b is None:
+                if not _same(ref[col], new[col]):
+                    note(row, col, ref[col], new[col])
                 continue
             sds = [sd for _, sd in (a, b) if sd is not None]
             allowed = max(sds) if sds else tolerance
-            if abs(a[0] - b[0]) > allowed:
-                diffs.append({"row": " / ".join(key), "column": col,
-                              "reference": ref[key][col], "rebuilt": new[key][col],
-                              "allowed": round(allowed, 4)})
+            if abs(a[0] - b[0]) > allowed + 1e-9:
+                note(row, col, ref[col], new[col], round(allowed, 4))
     return pd.DataFrame(diffs, columns=["row", "column", "reference", "rebuilt", "allowed"])
 
 

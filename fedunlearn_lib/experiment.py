@@ -17,7 +17,7 @@ from .federated import FedConfig, Federation, Remote, TrainResult, load_state, r
 from .io import (atomic_torch_save, atomic_write_json, check_identity, check_weights, load_blob,
                  state_digest)
 from .masking import ChannelMask
-from .models import MODELS, build_model
+from .models import MODELS, build_model, prefers_channels_last
 from .pruning import conv_flops, count_conv_channels, remove_channels
 from .partition import fang_partition
 from .unlearn import UnlearnConfig, prune_for_classes, stream_seed
@@ -44,7 +44,8 @@ class ExperimentConfig:
     # (stop rules, target); 0 = no validation split, decide on the test split
     device: str = "cpu"
     threads: int | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None  # memory layout; None = the faster one for the
+    # model on the device (models.prefers_channels_last)
     federation: FedConfig = field(default_factory=FedConfig)
     unlearning: UnlearnConfig = field(default_factory=UnlearnConfig)
 
@@ -68,6 +69,13 @@ class ExperimentConfig:
         if isinstance(raw.get("forget"), (int, str)):
             raw["forget"] = parse_classes(raw["forget"])
         return cls(**raw)
+
+    def uses_channels_last(self) -> bool:
+        """The memory layout of every training run: ``channels_last`` or, when None, the
+        faster one for the model on the device."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return prefers_channels_last(self.model, self.device)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "ExperimentConfig":
@@ -163,8 +171,8 @@ def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
     ``cfg.patience`` (resumable)."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      device=cfg.device, checkpoint=checkpoint, identity=identity(cfg),
-                     channels_last=cfg.channels_last, progress=progress, desc="pretrain",
-                     remote=remote, lr_rounds=cfg.rounds)
+                     channels_last=cfg.uses_channels_last(), progress=progress,
+                     desc="pretrain", remote=remote, lr_rounds=cfg.rounds)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
 
@@ -176,7 +184,7 @@ def retrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
     so one retraining serves every arm and unlearning seed of a forget set)."""
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      exclude=cfg.forget, device=cfg.device, checkpoint=checkpoint,
-                     identity=identity(cfg), channels_last=cfg.channels_last,
+                     identity=identity(cfg), channels_last=cfg.uses_channels_last(),
                      progress=progress, desc="retrain", remote=remote, lr_rounds=cfg.rounds)
     fed.train_until(None, cfg.rounds, patience=cfg.patience)
     return fed
@@ -198,7 +206,7 @@ def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
     ft = Federation(model, data, ft_cfg, forget=cfg.forget, exclude=cfg.forget, mask=mask,
                     partition=partition, device=cfg.device, checkpoint=checkpoint,
                     identity=identity(cfg),
-                    channels_last=cfg.channels_last, progress=progress, desc=desc,
+                    channels_last=cfg.uses_channels_last(), progress=progress, desc=desc,
                     remote=remote)
     result = ft.train_until(target, max_rounds or cfg.finetune_rounds or cfg.rounds,
                             max_u=cfg.strict_u)

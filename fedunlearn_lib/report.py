@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib
 
@@ -50,24 +50,42 @@ def mean_sd(values: Iterable[float | None], digits: int = 2) -> str | None:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
-def summarize(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
-    """One row per group of ``by``: "mean ± sd" of each of ``columns`` and ``n`` (runs)."""
+def summarize(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str],
+              digits: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """One row per group of ``by``: "mean ± sd" of each of ``columns`` (to ``digits[c]``
+    decimals, else 2) over the values present, and ``n`` (runs)."""
+    digits = digits or {}
     rows = []
     for key, part in df.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), "n": len(part),
-                     **{c: mean_sd(pd.to_numeric(part[c], errors="coerce")) for c in columns}})
+                     **{c: mean_sd(pd.to_numeric(part[c], errors="coerce"), digits.get(c, 2))
+                        for c in columns}})
     return pd.DataFrame(rows)
 
 
+# Table 2's columns that depend on the pretraining seed only (one pretraining, one
+# retraining per seed): summarized over seeds, not over unlearning seeds
+PER_SEED = ("raw U", "raw R", "retrained U", "retrained R", "rounds retrain")
+KEYS = ["dataset", "model", "forget", "q"]
+
+
 def table2(runs: list[dict]) -> pd.DataFrame:
-    """The paper's Table 2 over seeds: mean ± sd and n of ``table2_runs``' numbers per data
-    set, model, forget set and q."""
+    """The paper's Table 2 over seeds: per data set, model, forget set and q, mean ± sd of
+    ``table2_runs``' numbers over runs (n), those of the pretrained and retrained models
+    over pretraining seeds (seeds), and how many runs never reached the target."""
     df = table2_runs(runs)
-    numbers = [c for c in df.columns if c not in ("dataset", "model", "forget", "q", "seed",
-                                                  "unlearning seed", "direction",
-                                                  "U by fine-tuning round")]
-    return summarize(df, ["dataset", "model", "forget", "q"], numbers)
+    numbers = [c for c in df.columns if c not in (*KEYS, "seed", "unlearning seed",
+                                                  "direction", "U by fine-tuning round")]
+    table = summarize(df, KEYS, [c for c in numbers if c not in PER_SEED])
+    seeds = summarize(df.drop_duplicates([*KEYS, "seed"]), KEYS, list(PER_SEED))
+    table.insert(len(KEYS) + 1, "seeds", seeds["n"].to_numpy())
+    for col in PER_SEED:
+        table[col] = seeds[col].to_numpy()
+    table["no target (paper / strict)"] = [
+        f"{part['rounds fine-tune'].isna().sum()} / {part['rounds fine-tune strict'].isna().sum()}"
+        for _, part in df.groupby(KEYS, sort=False)]
+    return table[[*KEYS, "n", "seeds", *numbers, "no target (paper / strict)"]]
 
 
 def table2_runs(runs: list[dict]) -> pd.DataFrame:
@@ -96,11 +114,15 @@ def table2_runs(runs: list[dict]) -> pd.DataFrame:
 def accuracy_curves(runs: list[dict]) -> plt.Figure:
     """The paper's Figure 3: R-set test accuracy per round, fine-tuning vs retraining; with
     several seeds the mean and a band of one sd."""
-    frames = []
+    frames, retrained = [], set()
     for run in runs:
         lab = _label(run)
         panel = f"{lab['dataset']} / {lab['model']} / forget {lab['forget']}"
         for phase, name in (("finetune", "fine-tuning (ours)"), ("retrain", "retraining")):
+            if phase == "retrain":  # one retraining per seed, shared by unlearning seeds
+                if (panel, lab["seed"]) in retrained:
+                    continue
+                retrained.add((panel, lab["seed"]))
             for h in run["history"][phase]:
                 frames.append({"panel": panel, "round": h["round"], "curve": name,
                                "R-set accuracy (%)": 100 * h["r_acc"]})
@@ -198,7 +220,9 @@ def robustness_figure(summary: pd.DataFrame) -> plt.Figure:
 
 def decide_figure(runs: pd.DataFrame, retrain: pd.DataFrame, target: float) -> plt.Figure:
     """The deciding comparison: U- and R-set test accuracy per fine-tuning round for each arm
-    (mean, band of one sd over runs; round 0 is right after pruning), and retraining's R."""
+    (mean, band of one sd over runs; round 0 is right after pruning), and retraining's R
+    over the same rounds."""
+    retrain = retrain[retrain["round"] <= runs["round"].max()]
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, key, title in ((axes[0], "U", "U-set accuracy (forgotten)"),
@@ -215,12 +239,12 @@ def decide_figure(runs: pd.DataFrame, retrain: pd.DataFrame, target: float) -> p
 
 
 def jobs_table(benchmark_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Every job's wall-clock seconds from Snakemake's ``benchmark:`` records, by kind of
-    rule, with the total (hours) in the last row."""
+    """Every job's wall-clock seconds from Snakemake's ``benchmark:`` records
+    (``<rule>/<job>.tsv``), with the total (and hours) in the last row."""
     rows = []
     for path in sorted(map(Path, benchmark_files)):
         rec = pd.read_csv(path, sep="\t")
-        rows.append({"job": path.stem, "rule": path.stem.split("_")[0],
+        rows.append({"job": path.stem, "rule": path.parent.name,
                      "seconds": round(float(rec["s"].iloc[-1]), 1)})
     df = pd.DataFrame(rows, columns=["job", "rule", "seconds"])
     total = pd.DataFrame([{"job": "total", "rule": f"{len(df)} jobs",

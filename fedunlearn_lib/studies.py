@@ -103,7 +103,8 @@ def decide_row(run: Run, relearn_rounds: int) -> dict:
     mask = ChannelMask(load_blob(run.path / "pruned.pt", cfg.device)["mask"])
     ev = evidence(run, {"unlearned": run.unlearned}, relearn_rounds)["unlearned"]
     return {"arm": arm_of(cfg.unlearning), "seed": cfg.federation.seed,
-            "unlearning seed": cfg.unlearning.seed, "pruned channels": len(mask),
+            "unlearning seed": cfg.unlearning.seed,
+            "pruned channels": m["channels"]["selected"],
             "rounds": m["rounds_finetune"], "rounds strict": m["rounds_finetune_strict"],
             "speedup": m["speedup"], "speedup strict": m["speedup_strict"],
             "pruned U": pct(m["pruned"]["u_acc"]), "pruned R": pct(m["pruned"]["r_acc"]),

@@ -71,8 +71,10 @@ def prune_for_classes(fed: Federation, forget: Sequence[int],
     """Select and mask channels of ``fed.model`` for each class in ``forget`` in turn.
 
     Each class gets fresh local procs on the already-pruned model (the paper's way of
-    removing several classes). Returns the union mask and, per class, timing, counts and
-    the U-/R-set accuracy after that class's channels are pruned (``"after"``).
+    removing several classes); a weight arm (``cfg.scores`` "l1", "random", "none") ranks
+    the pruned model's weights instead, also ``cfg.ratio`` per class. Returns the union
+    mask and, per class, the local-proc participants, timing, counts and the U-/R-set
+    accuracy after that class's channels are pruned (``"after"``).
     """
     cfg.validate()
     num_classes = fed.data.num_classes

@@ -44,10 +44,13 @@ def test_figure3_has_a_panel_per_experiment_and_saves_png_and_pdf(tmp_path):
 def test_table2_gives_mean_sd_and_n_over_seeds():
     runs = [_metrics(4.0), _metrics(6.0), _metrics(None)]
     runs[1]["config"] = {**runs[1]["config"], "federation": {"q": 0.1, "seed": 1}}
+    runs[2]["retrained"] = {"u_acc": 0.0, "r_acc": 0.9}  # seed 0 again: not a third value
     t = table2(runs)
-    assert len(t) == 1 and t.loc[0, "n"] == 3
+    assert len(t) == 1 and t.loc[0, "n"] == 3 and t.loc[0, "seeds"] == 2
     assert t.loc[0, "speedup"] == "5.00 ± 1.41"  # the run without a speedup is left out
-    assert t.loc[0, "raw U"] == "50.00 ± 0.00"
+    assert t.loc[0, "no target (paper / strict)"] == "0 / 3"
+    # the pretrained and retrained models: one value per pretraining seed
+    assert t.loc[0, "raw U"] == "50.00 ± 0.00" and t.loc[0, "retrained R"] == "30.00 ± 0.00"
 
 
 def test_mean_sd_and_summarize():
@@ -70,7 +73,16 @@ def test_comparison_flags_only_differences_beyond_the_spread(tmp_path):
     # rounds: 0.9 <= 1.0 (none) but 1.0 > 0.5 (tfidf); R: 4 <= 5 but 6 > 5
     assert sorted(zip(diffs["row"], diffs["column"])) == [("tfidf", "R"), ("tfidf", "rounds")]
     extra = pd.concat([new, pd.DataFrame({"arm": ["l1"], "rounds": ["1"], "R": [1.0]})])
-    assert "missing" in set(compare_tables(extra, ref, 5.0)["reference"])
+    assert "3 rows" in set(compare_tables(extra, ref, 5.0)["rebuilt"])
+    # all-numeric tables (no label column), missing and text cells, timings
+    ref2 = pd.DataFrame({"clients": [1, 5], "Jaccard": [0.5, None], "relearn": [">5", "3"],
+                         "s/round": [1.0, 2.0]})
+    new2 = pd.DataFrame({"clients": [1, 5], "Jaccard": [9.0, None], "relearn": ["4", "3"],
+                         "s/round": [9.0, 9.0], "extra": [0, 0]})
+    diffs = compare_tables(new2, ref2, tolerance=1.0)
+    assert sorted(zip(diffs["row"], diffs["column"])) == [
+        ("row 1", "Jaccard"), ("row 1", "relearn"), ("–", "extra")]
+    assert parse_cell("1e-05") == (1e-05, None) and parse_cell("1.2.3") is None
     (tmp_path / "ref").mkdir(), (tmp_path / "new").mkdir()
     ref.to_csv(tmp_path / "ref/t.csv", index=False)
     new.to_csv(tmp_path / "new/t.csv", index=False)
@@ -81,9 +93,11 @@ def test_comparison_flags_only_differences_beyond_the_spread(tmp_path):
 
 
 def test_jobs_table_sums_the_benchmark_records(tmp_path):
-    for name, s in (("pretrain_a", 60.0), ("unlearn_b", 30.5)):
-        (tmp_path / f"{name}.tsv").write_text(f"s\th:m:s\tmax_rss\n{s}\t0:01:00\t100\n")
-    jobs = jobs_table(sorted(tmp_path.glob("*.tsv")))
-    assert list(jobs["job"]) == ["pretrain_a", "unlearn_b", "total"]
+    for rule, name, s in (("pretrain", "a", 60.0), ("kl_distribution", "kl_distribution", 30.5)):
+        (tmp_path / rule).mkdir()
+        (tmp_path / rule / f"{name}.tsv").write_text(f"s\th:m:s\tmax_rss\n{s}\t0:01:00\t100\n")
+    jobs = jobs_table(sorted(tmp_path.glob("*/*.tsv")))
+    assert list(jobs["job"]) == ["kl_distribution", "a", "total"]
+    assert list(jobs["rule"])[:2] == ["kl_distribution", "pretrain"]
     assert jobs["seconds"].iloc[-1] == pytest.approx(90.5)
     assert jobs["hours"].iloc[-1] == pytest.approx(90.5 / 3600, abs=1e-3)

@@ -178,8 +178,8 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
     # Another R for ResNet on digits: every unlearning run, and what reads them, is planned
-    # again, into new forget folders beside the old ones; no pretraining, and not Figure 2
-    # (it reads a pretrained model only).
+    # again, into new run folders beside the old ones; no pretraining or retraining, and
+    # not Figure 2 (it reads a pretrained model only).
     smoke = yaml.safe_load((wd / "config/smoke.yaml").read_text())
     smoke["ratio"]["digits"]["resnet"] = 0.2
     edited = tmp_path / "edited.yaml"

@@ -80,7 +80,7 @@ class FlowerClients:
     # ------------------------------------------------------------ messaging
     def _config(self, **extra) -> ConfigRecord:
         return node_config(self.data, model=self.cfg.model,
-                           **{"channels-last": self.cfg.channels_last}, **extra)
+                           **{"channels-last": self.cfg.uses_channels_last()}, **extra)
 
     def _message(self, node: int, kind: str, extra: dict,
                  arrays: ArrayRecord | None = None) -> Message:
