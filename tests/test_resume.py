@@ -11,8 +11,9 @@ round and client; checkpoints store the exact weights and history), so all of
 - ``seconds`` (wall-clock per phase; resumed phases add up time across processes) and
   ``per_class[*].local_proc_s`` / ``server_proc_s`` (wall-clock of the score procs): every
   key named ``seconds`` or ending in ``_s``;
-- ``pretrained_checkpoint``, the path of ``OUT/pretrain.pt``, which names the output folder
-  (each run here has its own); only its file name is compared.
+- ``pretrained_checkpoint`` and ``retrained_checkpoint``, the paths of ``OUT/pretrain.pt``
+  and ``OUT/retrain.pt``, which name the output folder (each run here has its own); only
+  their file names are compared.
 Two uninterrupted runs differ in exactly these fields.
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ def comparable(metrics: dict) -> dict:
             return [strip(v) for v in x]
         return x
     out = strip(metrics)
-    out["pretrained_checkpoint"] = Path(out["pretrained_checkpoint"]).name
+    for key in ("pretrained_checkpoint", "retrained_checkpoint"):
+        out[key] = Path(out[key]).name
     return out
 
 
