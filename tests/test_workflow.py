@@ -158,7 +158,7 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
             [f"{t}.{e}" for t in tables for e in ("csv", "md")]:
         assert (fig / name).stat().st_size > 0, name
     notebooks = wd / "results/smoke/notebooks"
-    # one retraining per forget set, shared by both unlearning seeds and every arm
+    # one retraining per forget set, shared by every arm and unlearning seed
     assert len(list(notebooks.glob("02_retrain_main_digits_resnet20_q0.1_seed0_p*_forget9"
                                    ".ipynb"))) == 1
     assert len(list(notebooks.glob("03_unlearn_main_digits_resnet20_q0.1_seed0_p*_forget9_"
