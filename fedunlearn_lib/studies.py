@@ -61,24 +61,38 @@ def evidence_columns(ev: dict) -> dict:
             "probe U": pct(ev["probe"])}
 
 
+def forgotten_images(run: Run) -> dict[str, torch.Tensor]:
+    """The forgotten classes' test and training images of ``run``'s data, by split."""
+    data, forget = run.data, run.cfg.forget
+    return {split: x[torch.isin(y, torch.tensor(forget, device=y.device))]
+            for split, (x, y) in (("test", (data.test_x, data.test_y)),
+                                  ("train", (data.train_x, data.train_y)))}
+
+
+def bn_recall_u(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> float | None:
+    """U-set test accuracy (%) of ``model`` after BatchNorm recall: running statistics
+    re-estimated on the retained classes, masked channels kept at zero."""
+    fed = Federation(bn_recall(model, run.data, run.cfg.forget, mask), run.data,
+                     run.cfg.federation, forget=run.cfg.forget, device=run.cfg.device,
+                     progress=False)
+    return pct(fed.evaluate()["u_acc"])
+
+
 def closeness(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
     """How close ``model`` is to forgetting like retraining, on the forgotten classes:
-    U-set test accuracy (%) after BatchNorm recall (running statistics re-estimated on the
-    retained classes, masked channels kept at zero), the mean per-image KL divergence from
-    the retrained model's predictions on the forgotten classes' test and training images,
-    and the share of their test images predicted as each class (``U test histogram``)."""
-    data, forget = run.data, run.cfg.forget
+    U-set test accuracy (%) after BatchNorm recall (``bn_recall_u``), the mean per-image KL
+    divergence from the retrained model's predictions on the forgotten classes' test and
+    training images, and the share of their test images predicted as each class
+    (``U test histogram``)."""
+    data = run.data
     transform = BatchTransform(data.mean, data.std, data.test_x.device)
-    fed = Federation(bn_recall(model, data, forget, mask), data, run.cfg.federation,
-                     forget=forget, device=run.cfg.device, progress=False)
-    u_test = torch.isin(data.test_y, torch.tensor(forget, device=data.test_y.device))
-    u_train = torch.isin(data.train_y, torch.tensor(forget, device=data.train_y.device))
-    out = {"BN-recall U": pct(fed.evaluate()["u_acc"])}
-    for split, x in (("test", data.test_x[u_test]), ("train", data.train_x[u_train])):
+    images = forgotten_images(run)
+    out = {"BN-recall U": bn_recall_u(run, model, mask)}
+    for split, x in images.items():
         out[f"KL to retrained U {split}"] = round(softmax_kl(
             model_logits(run.retrained, x, transform), model_logits(model, x, transform)), 4)
     out["U test histogram"] = prediction_histogram(
-        model_logits(model, data.test_x[u_test], transform), data.num_classes)
+        model_logits(model, images["test"], transform), data.num_classes)
     return out
 
 
@@ -121,29 +135,25 @@ def retrained_row(run: Run, relearn_rounds: int) -> dict:
             "rounds": m["rounds_retrain"], "rounds strict": m["rounds_retrain_strict"],
             "final U": pct(m["retrained"]["u_acc"]), "final R": pct(m["retrained"]["r_acc"]),
             "relearn": ev["relearn"]["rounds"], "probe U": pct(ev["probe"]),
-            "BN-recall U": closeness(run, run.retrained)["BN-recall U"]}
+            "BN-recall U": bn_recall_u(run, run.retrained)}
 
 
 def retrained_spread(runs: Sequence[Run]) -> list[dict]:
     """Retraining's own spread: the mean per-image KL divergence between the retrained
     models of every ordered pair of pretraining seeds, on the forgotten classes' test and
-    training images (one run per seed)."""
-    rows = []
-    for a in runs:
-        for b in runs:
-            if a is b:
-                continue
-            data, forget = a.data, a.cfg.forget
-            transform = BatchTransform(data.mean, data.std, data.test_x.device)
-            row = {"seeds": f"{a.cfg.federation.seed}->{b.cfg.federation.seed}"}
-            for split, (x, y) in (("test", (data.test_x, data.test_y)),
-                                  ("train", (data.train_x, data.train_y))):
-                x = x[torch.isin(y, torch.tensor(forget, device=y.device))]
-                row[f"KL to retrained U {split}"] = round(softmax_kl(
-                    model_logits(a.retrained, x, transform),
-                    model_logits(b.retrained, x, transform)), 4)
-            rows.append(row)
-    return rows
+    training images (one run per seed; every model's logits are computed once)."""
+    if len(runs) < 2:
+        return []
+    data = runs[0].data
+    transform = BatchTransform(data.mean, data.std, data.test_x.device)
+    images = forgotten_images(runs[0])
+    logits = [{split: model_logits(run.retrained, x, transform) for split, x in images.items()}
+              for run in runs]
+    return [{"seeds": f"{a.cfg.federation.seed}->{b.cfg.federation.seed}",
+             **{f"KL to retrained U {split}": round(softmax_kl(logits[i][split],
+                                                               logits[j][split]), 4)
+                for split in images}}
+            for i, a in enumerate(runs) for j, b in enumerate(runs) if i != j]
 
 
 # ---------------------------------------------------------------- Table 4: MIA
