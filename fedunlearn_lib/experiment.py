@@ -334,6 +334,7 @@ class Run:
     raw: torch.nn.Module
     unlearned: torch.nn.Module  # pruned channels stay zero in its weights
     retrained: torch.nn.Module
+    mask: ChannelMask | None = None  # the channels pruned for ``unlearned``
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
@@ -359,4 +360,5 @@ def load_run(run_dir: str | os.PathLike) -> Run:
                raw=load(new_model(cfg, data.num_classes), metrics["pretrained_checkpoint"]),
                unlearned=load(pruned["model"], run_dir / "finetune.pt"),
                retrained=load(new_model(cfg, data.num_classes),
-                              metrics.get("retrained_checkpoint", run_dir / "retrain.pt")))
+                              metrics.get("retrained_checkpoint", run_dir / "retrain.pt")),
+               mask=ChannelMask(pruned["mask"]))

@@ -19,7 +19,6 @@ from .classwise import accuracy_kl, per_class_accuracy, prediction_histogram, so
 from .data import BatchTransform
 from .evidence import bn_recall, information_left
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
-from .io import load_blob
 from .federated import Federation, rounds_for
 from . import fisher as fl
 from .masking import ChannelMask, jaccard
@@ -114,7 +113,6 @@ def decide_row(run: Run, relearn_rounds: int) -> dict:
     """One run of the deciding comparison: its arm and seeds, rounds to target and speedup
     under both stop rules, accuracies, relearn rounds, probe accuracy and ``closeness``."""
     m, cfg = run.metrics, run.cfg
-    mask = ChannelMask(load_blob(run.path / "pruned.pt", cfg.device)["mask"])
     ev = evidence(run, {"unlearned": run.unlearned}, relearn_rounds)["unlearned"]
     return {"arm": arm_of(cfg.unlearning), "seed": cfg.federation.seed,
             "unlearning seed": cfg.unlearning.seed,
@@ -124,7 +122,7 @@ def decide_row(run: Run, relearn_rounds: int) -> dict:
             "pruned U": pct(m["pruned"]["u_acc"]), "pruned R": pct(m["pruned"]["r_acc"]),
             "final U": pct(m["finetuned"]["u_acc"]), "final R": pct(m["finetuned"]["r_acc"]),
             "relearn": ev["relearn"]["rounds"], "probe U": pct(ev["probe"]),
-            **closeness(run, run.unlearned, mask)}
+            **closeness(run, run.unlearned, run.mask)}
 
 
 def retrained_row(run: Run, relearn_rounds: int) -> dict:
