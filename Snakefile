@@ -276,6 +276,7 @@ BENCHMARKS = sorted({*(b for r in ALL_RUNS for b in benchmarks_of(r)), FM_BENCH,
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_decide", "table_ablations",
           "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
           "table_idf_readings", "table_robustness"]
+REPORT_TABLES = ["table2_runs", "table_training", "table_jobs"]  # the report's own, beside Table 2
 FIGURES = ["fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
            "fig4_multiclass_curves", "fig5_class_accuracy", "fig_decide", "fig_ablations",
            "fig_robustness"]
@@ -288,8 +289,8 @@ localrules:
 rule all:
     input:
         expand(FIG + "/{name}.{ext}", ext=["png", "pdf"], name=FIGURES),
-        expand(FIG + "/{name}.{ext}", ext=["csv", "md"],
-               name=TABLES + ["table2_runs", "table_jobs"]),
+        expand(FIG + "/{name}.{ext}", ext=["csv", "md"], name=TABLES + REPORT_TABLES),
+        expand(FIG + "/fig_training_curves.{ext}", ext=["png", "pdf"]),
         FIG + "/comparison.md",
 
 
@@ -376,14 +377,15 @@ rule report:
                  if not Path(f).name.startswith(("table2.", "fig3_"))],
         benchmarks=BENCHMARKS,
     output:
-        expand(FIG + "/fig3_accuracy_curves.{ext}", ext=["png", "pdf"]),
-        expand(FIG + "/{name}.{ext}", ext=["csv", "md"],
-               name=["table2", "table2_runs", "table_jobs"]),
+        expand(FIG + "/{name}.{ext}", ext=["png", "pdf"],
+               name=["fig3_accuracy_curves", "fig_training_curves"]),
+        expand(FIG + "/{name}.{ext}", ext=["csv", "md"], name=["table2", *REPORT_TABLES]),
         FIG + "/comparison.md",
         notebook=f"{NB}/09_report.ipynb",
     params:
         reference=REFERENCE,
         tolerance=config["compare_tolerance"],
+        raw_targets=config.get("raw_targets", {}),
     threads: threads_of("report")
     resources:
         **resources_of("report"),
@@ -393,7 +395,7 @@ rule report:
         papermill("09_report", output.notebook,
                   {"metrics_files": list(input.metrics), "figure_dir": FIG,
                    "benchmark_files": list(input.benchmarks), "reference_dir": params.reference,
-                   "tolerance": params.tolerance}, threads)
+                   "tolerance": params.tolerance, "raw_targets": params.raw_targets}, threads)
 
 
 def study(notebook, runs, tables=(), figures=(), **params):

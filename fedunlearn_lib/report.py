@@ -138,6 +138,75 @@ def accuracy_curves(runs: list[dict]) -> plt.Figure:
     return g.figure
 
 
+def training_runs(runs: list[dict]) -> list[dict]:
+    """Every distinct pretraining and retraining behind ``runs`` (one per checkpoint; the
+    unlearning runs that share one name it once): its labels, phase, validation and test
+    R-set accuracy per round and wall seconds per round."""
+    out, seen = [], set()
+    for run in runs:
+        c, lab = run["config"], _label(run)
+        for phase in ("pretrain", "retrain"):
+            key = run.get(f"{phase}ed_checkpoint") or (run["path"], phase)
+            if key in seen or not run["history"].get(phase):
+                continue
+            seen.add(key)
+            hist = run["history"][phase]
+            rounds = max(h["round"] for h in hist) or 1
+            per_round = run.get("seconds", {}).get(phase, float("nan")) / rounds
+            data = "all" if c.get("train_per_class") is None else f"{c['train_per_class']}/class"
+            out.append({**{k: lab[k] for k in ("dataset", "model", "q", "seed")},
+                        "forget": "–" if phase == "pretrain" else lab["forget"],
+                        "phase": phase, "train images": data, "history": hist,
+                        "seconds per round": per_round})
+    return out
+
+
+def training_table(runs: list[dict], targets: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per pretraining and retraining behind ``runs``: rounds, final R-set accuracy
+    (%) on validation and test data and, where ``targets`` names the model, the target (%)
+    and how far the final test accuracy lies below it (a negative gap: above)."""
+    targets = targets or {}
+    rows = []
+    for t in training_runs(runs):
+        last = t["history"][-1]
+        val = last.get("val_r_acc")
+        row = {k: t[k] for k in ("dataset", "model", "q", "seed", "forget", "phase",
+                                 "train images")}
+        row.update({"rounds": last["round"], "R val": None if val is None else round(100 * val, 2),
+                    "R test": round(100 * last["r_acc"], 2)})
+        target = targets.get(t["model"])
+        row["target"] = target
+        row["gap"] = None if target is None else round(target - row["R test"], 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def training_curves(runs: list[dict], targets: Mapping[str, float] | None = None) -> plt.Figure:
+    """R-set accuracy against the training's wall-clock minutes (validation data where the
+    run holds it out, else test data), one panel per model, one line per pretraining and
+    retraining, a dashed line at the model's target: what more compute would buy."""
+    targets = targets or {}
+    frames = []
+    for t in training_runs(runs):
+        key = "val_r_acc" if t["history"][-1].get("val_r_acc") is not None else "r_acc"
+        for h in t["history"]:
+            frames.append({"model": t["model"], "minutes": h["round"] * t["seconds per round"] / 60,
+                           "R-set accuracy (%)": 100 * h[key], "run": id(t),
+                           "training": f"{t['phase']}, {t['train images']} images"})
+    df = pd.DataFrame(frames)
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
+    models = sorted(df["model"].unique())
+    g = sns.relplot(data=df, x="minutes", y="R-set accuracy (%)", hue="training", units="run",
+                    estimator=None, col="model", col_order=models, kind="line", marker="o",
+                    height=3.2, aspect=1.3, facet_kws={"sharex": False})
+    for model, ax in g.axes_dict.items():
+        if model in targets:
+            ax.axhline(targets[model], color="gray", ls="--")
+    g.set_titles("{col_name}")
+    g.set_axis_labels("training time on this machine (minutes)", "R-set accuracy (%)")
+    return g.figure
+
+
 def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically)."""
     out = []

@@ -5,7 +5,8 @@ import pytest
 
 from fedunlearn_lib.compare import compare_folders, compare_tables, parse_cell
 from fedunlearn_lib.report import (accuracy_curves, jobs_table, load_metrics, mean_sd,
-                                   save_figure, summarize, table2, table2_runs, write_table)
+                                   save_figure, summarize, table2, table2_runs, training_curves,
+                                   training_table, write_table)
 
 
 def _metrics(speedup=7.25):
@@ -39,6 +40,27 @@ def test_figure3_has_a_panel_per_experiment_and_saves_png_and_pdf(tmp_path):
     assert len(fig.axes) == 1
     paths = save_figure(fig, tmp_path / "fig3")
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_training_table_has_one_row_per_checkpoint_and_the_gap_to_the_target(tmp_path):
+    runs = []
+    for useed in (0, 1):  # two unlearning runs sharing one pretraining and one retraining
+        m = _metrics()
+        m["config"]["unlearning"] = {"direction": "highest", "seed": useed}
+        m["history"]["pretrain"] = [{"round": 0, "r_acc": 0.1, "val_r_acc": 0.1},
+                                    {"round": 2, "r_acc": 0.7, "val_r_acc": 0.72}]
+        m.update(seconds={"pretrain": 60.0, "retrain": 30.0}, pretrained_checkpoint="p.pt",
+                 retrained_checkpoint="r.pt", path=f"run{useed}")
+        runs.append(m)
+    t = training_table(runs, {"resnet20": 75.0})
+    assert list(t["phase"]) == ["pretrain", "retrain"] and list(t["forget"]) == ["–", "0,9"]
+    assert t.loc[0, "R val"] == 72.0 and t.loc[0, "R test"] == 70.0 and t.loc[0, "gap"] == 5.0
+    assert pd.isna(t.loc[1, "R val"]) and t.loc[1, "R test"] == 30.0  # no validation split
+    assert training_table(runs)["gap"].isna().all()  # no target named
+    fig = training_curves(runs, {"resnet20": 75.0})
+    ax = fig.axes[0]
+    assert ax.get_xlim()[1] >= 1.0  # 2 rounds of 30 s: one minute
+    assert any(list(line.get_ydata()) == [75.0, 75.0] for line in ax.get_lines())
 
 
 def test_table2_gives_mean_sd_and_n_over_seeds():

@@ -149,8 +149,8 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     fig = wd / "results" / "smoke" / "figures"
     figures = ("fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
                "fig4_multiclass_curves", "fig5_class_accuracy", "fig_decide", "fig_ablations",
-               "fig_robustness")
-    tables = ("table1", "table2", "table2_runs", "table3", "table4", "table5", "table_decide",
+               "fig_robustness", "fig_training_curves")
+    tables = ("table1", "table2", "table2_runs", "table_training", "table3", "table4", "table5", "table_decide",
               "table_ablations", "table_ablation_ratio", "table_ablation_apply",
               "table_ablation_stability", "table_idf_readings", "table_robustness",
               "table_jobs")
