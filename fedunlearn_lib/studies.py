@@ -60,6 +60,14 @@ def evidence_columns(ev: dict) -> dict:
             "probe U": pct(ev["probe"])}
 
 
+def relearn_numbers(ev: dict) -> dict:
+    """``relearn`` (rounds; None past the budget) and ``relearn U`` (U-set test accuracy, %,
+    after the first relearn round: graded where the rounds only say met or not)."""
+    curve = ev["relearn"]["u_curve"]
+    return {"relearn": ev["relearn"]["rounds"],
+            "relearn U": pct(curve[1]) if len(curve) > 1 else None}
+
+
 def forgotten_images(run: Run) -> dict[str, torch.Tensor]:
     """The forgotten classes' test and training images of ``run``'s data, by split."""
     data, forget = run.data, run.cfg.forget
@@ -121,7 +129,7 @@ def decide_row(run: Run, relearn_rounds: int) -> dict:
             "speedup": m["speedup"], "speedup strict": m["speedup_strict"],
             "pruned U": pct(m["pruned"]["u_acc"]), "pruned R": pct(m["pruned"]["r_acc"]),
             "final U": pct(m["finetuned"]["u_acc"]), "final R": pct(m["finetuned"]["r_acc"]),
-            "relearn": ev["relearn"]["rounds"], "probe U": pct(ev["probe"]),
+            **relearn_numbers(ev), "probe U": pct(ev["probe"]),
             **closeness(run, run.unlearned, run.mask)}
 
 
@@ -132,7 +140,7 @@ def retrained_row(run: Run, relearn_rounds: int) -> dict:
     return {"arm": "retrained", "seed": run.cfg.federation.seed,
             "rounds": m["rounds_retrain"], "rounds strict": m["rounds_retrain_strict"],
             "final U": pct(m["retrained"]["u_acc"]), "final R": pct(m["retrained"]["r_acc"]),
-            "relearn": ev["relearn"]["rounds"], "probe U": pct(ev["probe"]),
+            **relearn_numbers(ev), "probe U": pct(ev["probe"]),
             "BN-recall U": bn_recall_u(run, run.retrained)}
 
 

@@ -61,3 +61,14 @@ def test_closeness_columns_on_a_tiny_run(tmp_path):
     assert raw["KL to retrained U test"] > 0 and 0 <= raw["BN-recall U"] <= 100
     assert raw["U test goes to"].endswith("%") and raw["U test goes to"].split()[0] in \
         run.data.classes
+
+
+def test_relearn_numbers_grade_the_first_round_and_keep_a_miss_as_none():
+    from fedunlearn_lib.studies import relearn_numbers
+
+    missed = {"relearn": {"rounds": None, "budget": 2, "u_curve": [0.04, 0.8123, 0.85]}}
+    assert relearn_numbers(missed) == {"relearn": None, "relearn U": 81.23}
+    met = {"relearn": {"rounds": 1, "budget": 2, "u_curve": [0.0, 0.9]}}
+    assert relearn_numbers(met) == {"relearn": 1, "relearn U": 90.0}
+    assert relearn_numbers({"relearn": {"rounds": 0, "budget": 2, "u_curve": [0.9]}}) == \
+        {"relearn": 0, "relearn U": None}  # already at the target: no round was run
