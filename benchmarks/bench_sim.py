@@ -6,9 +6,12 @@ one unlearning request (local procs + server proc) against one fine-tuning round
 time per round of a masked vs a physically pruned model, and peak memory of each. The
 last line is the summary:
 
-    fedavg/centralized=0.93 paper-scale=0.86 scoring/round=0.40 pruned/masked=0.97 channels-last/contiguous=1.20
+    fedavg/centralized=0.93 paper-scale=0.86 scoring/round=0.40 pruned/masked=0.97 channels-last/contiguous=1.20 bf16/fp32=2.00 bf16/fp32-eval=4.50
+
+(the last two: rounds and test-set evaluation with bfloat16 autocast against float32).
 
 Usage: python benchmarks/bench_sim.py [--model resnet20] [--batch-size 32] [--device cpu]
+       [--channels-last] [--precision fp32]
 """
 from __future__ import annotations
 
@@ -95,6 +98,17 @@ def timed_rounds(fed: Federation, rounds: int) -> tuple[float, float]:
     return images / dt, dt / rounds
 
 
+def eval_ips(fed: Federation, repeats: int = 3) -> float:
+    """Images/s of ``Federation.evaluate`` on the test set (after one warm-up call)."""
+    fed.evaluate()
+    sync(fed.device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fed.evaluate()
+    sync(fed.device)
+    return repeats * len(fed.data.test_y) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="resnet20")
@@ -112,13 +126,16 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true",
                     help="the main measurements in channels-last layout (the other layout is "
                          "timed once for the comparison)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="the main measurements' precision (the other is timed once)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = synthetic_data(args.samples)
     quick = FedConfig(num_clients=args.clients, clients_per_round=args.per_round,
-                      local_epochs=args.local_epochs, batch_size=args.batch_size)
+                      local_epochs=args.local_epochs, batch_size=args.batch_size,
+                      precision=args.precision)
     paper = replace(quick, num_clients=args.paper_clients, clients_per_round=args.paper_per_round)
     print(f"device={device} threads={torch.get_num_threads()} model={args.model} "
           f"batch={args.batch_size} samples={args.samples}")
@@ -147,6 +164,19 @@ def main() -> None:
     rows.append((f"  ... {'contiguous' if args.channels_last else 'channels-last'}", other_ips,
                  None, peak_memory_mb(device)))
     last, contiguous = (quick_ips, other_ips) if args.channels_last else (other_ips, quick_ips)
+
+    # the same rounds, and the test-set evaluation, in the other precision
+    train_rate, eval_rate = {}, {}
+    for precision in ("fp32", "bf16"):
+        reset_peak(device)
+        f = fed(replace(quick, precision=precision))
+        if precision == args.precision:
+            train_rate[precision] = quick_ips
+        else:
+            train_rate[precision], _ = timed_rounds(f, args.rounds)
+            rows.append((f"  ... {precision}", train_rate[precision], None, peak_memory_mb(device)))
+        eval_rate[precision] = eval_ips(f)
+        rows.append((f"evaluation, {precision}", eval_rate[precision], None, peak_memory_mb(device)))
 
     reset_peak(device)
     paper_ips, _ = timed_rounds(fed(paper), args.rounds)
@@ -193,7 +223,9 @@ def main() -> None:
           f"MACs {macs[0] / 1e6:.1f}M -> {macs[1] / 1e6:.1f}M")
     print(f"fedavg/centralized={quick_ips / central:.2f} paper-scale={paper_ips / central:.2f} "
           f"scoring/round={t_score / t_round:.2f} pruned/masked={t_pruned / t_masked:.2f} "
-          f"channels-last/contiguous={last / contiguous:.2f}")
+          f"channels-last/contiguous={last / contiguous:.2f} "
+          f"bf16/fp32={train_rate['bf16'] / train_rate['fp32']:.2f} "
+          f"bf16/fp32-eval={eval_rate['bf16'] / eval_rate['fp32']:.2f}")
 
 
 if __name__ == "__main__":

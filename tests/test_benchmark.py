@@ -16,4 +16,5 @@ def test_bench_sim_prints_the_summary_line():
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"fedavg/centralized=\d+\.\d\d paper-scale=\d+\.\d\d "
                         r"scoring/round=\d+\.\d\d pruned/masked=\d+\.\d\d "
-                        r"channels-last/contiguous=\d+\.\d\d", last), last
+                        r"channels-last/contiguous=\d+\.\d\d bf16/fp32=\d+\.\d\d "
+                        r"bf16/fp32-eval=\d+\.\d\d", last), last

@@ -62,6 +62,22 @@ def test_fedavg_weights_clients_by_sample_count(small_digits):
     assert torch.allclose(got[floats], expected[floats], atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedsgd"])
+def test_bf16_round_autocasts_and_stays_near_the_fp32_round(small_digits, algorithm):
+    cfg = FedConfig(algorithm=algorithm, num_clients=10, clients_per_round=2, batch_size=16,
+                    lr=0.05, seed=1)
+    model = build_model("resnet20", 10)
+    feds = {p: Federation(copy.deepcopy(model), small_digits, replace(cfg, precision=p),
+                          progress=False) for p in ("fp32", "bf16")}
+    for fed in feds.values():
+        fed.run_round()
+    start, full, half = _params(model), _params(feds["fp32"].model), _params(feds["bf16"].model)
+    step, gap = (full - start).norm(), (half - full).norm()
+    assert 0 < gap < 0.2 * step  # bfloat16 arithmetic took part, the update is the same
+    acc = feds["bf16"].evaluate()
+    assert 0.0 <= acc["r_acc"] <= 1.0 and acc["u_acc"] is None
+
+
 def test_fedsgd_is_one_server_step_on_the_averaged_gradient(small_digits):
     d = small_digits
     cfg = FedConfig(algorithm="fedsgd", num_clients=10, clients_per_round=10, lr=0.1,
@@ -189,6 +205,7 @@ def test_strict_rule_trains_on_until_the_u_set_is_forgotten(small_digits):
     ("clients_per_round", 11, "clients_per_round=11"),
     ("q", -0.1, "-0.1"),
     ("algorithm", "fedprox", "fedprox.*fedavg"),
+    ("precision", "fp16", "fp16.*fp32, bf16"),
 ])
 def test_bad_federation_config(small_digits, field, value, msg):
     cfg = FedConfig(num_clients=10, clients_per_round=2)
