@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import BatchTransform, ImageData
-from .federated import FedConfig, Federation
+from .federated import FedConfig, Federation, autocast
 from .io import atomic_write_json, state_digest
 from .masking import ChannelMask
 from .probe import probe_accuracy
@@ -59,11 +59,12 @@ def information_left(name: str, model: nn.Module, data: ImageData, cfg: FedConfi
 
 @torch.no_grad()
 def bn_recall(model: nn.Module, data: ImageData, forget: Sequence[int],
-              mask: ChannelMask | None = None, batch_size: int = 500) -> nn.Module:
+              mask: ChannelMask | None = None, batch_size: int = 500,
+              precision: str = "fp32") -> nn.Module:
     """A copy of ``model`` whose BatchNorm running statistics are re-estimated on the
     retained classes' training images (cumulative average over one pass, no weight
-    changes), masked channels kept at zero: pruning-based forgetting that lives in the
-    running statistics comes back here."""
+    changes, forward passes in ``precision``), masked channels kept at zero:
+    pruning-based forgetting that lives in the running statistics comes back here."""
     out = copy.deepcopy(model)
     bns = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -77,9 +78,10 @@ def bn_recall(model: nn.Module, data: ImageData, forget: Sequence[int],
     x = data.train_x[keep]
     transform = BatchTransform(data.mean, data.std, x.device)
     out.train()
-    for s in range(0, len(x), batch_size):
-        if len(x[s:s + batch_size]) >= 2:
-            out(transform(x[s:s + batch_size]))
+    with autocast(x.device, precision):
+        for s in range(0, len(x), batch_size):
+            if len(x[s:s + batch_size]) >= 2:
+                out(transform(x[s:s + batch_size]))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
     if mask is not None:

@@ -79,9 +79,10 @@ def forgotten_images(run: Run) -> dict[str, torch.Tensor]:
 def bn_recall_u(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> float | None:
     """U-set test accuracy (%) of ``model`` after BatchNorm recall: running statistics
     re-estimated on the retained classes, masked channels kept at zero."""
-    fed = Federation(bn_recall(model, run.data, run.cfg.forget, mask), run.data,
-                     run.cfg.federation, forget=run.cfg.forget, device=run.cfg.device,
-                     progress=False)
+    recalled = bn_recall(model, run.data, run.cfg.forget, mask,
+                         precision=run.cfg.federation.precision)
+    fed = Federation(recalled, run.data, run.cfg.federation, forget=run.cfg.forget,
+                     device=run.cfg.device, progress=False)
     return pct(fed.evaluate()["u_acc"])
 
 

@@ -46,6 +46,17 @@ def test_bn_recall_uses_only_retained_classes(small_digits):
     assert torch.allclose(a, b)
 
 
+def test_bn_recall_in_bf16_is_close_to_fp32_and_keeps_pruned_statistics_at_zero(small_digits):
+    model = build_model("resnet20", 10)
+    mask = ChannelMask({"conv1": [0, 3]})
+    mask.apply(model)
+    full = bn_recall(model, small_digits, forget=[9], mask=mask).state_dict()
+    half = bn_recall(model, small_digits, forget=[9], mask=mask, precision="bf16").state_dict()
+    a, b = full["bn1.running_mean"], half["bn1.running_mean"]
+    assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.05, atol=0.05)
+    assert b[[0, 3]].abs().max() == 0  # a zeroed channel's input stays exactly zero
+
+
 def test_closeness_columns_on_a_tiny_run(tmp_path):
     """KL from the retrained model to itself is 0; the arm's columns are all there."""
     from fedunlearn_lib import studies
