@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from fedunlearn_lib import FedConfig, Federation, build_model
 from fedunlearn_lib.data import BatchTransform
-from fedunlearn_lib.federated import client_generator, plateaued, rounds_for
+from fedunlearn_lib.federated import (autocast, client_generator, plateaued, resolve_precision,
+                                      rounds_for)
 
 
 def _params(model):
@@ -76,6 +77,18 @@ def test_bf16_round_autocasts_and_stays_near_the_fp32_round(small_digits, algori
     assert 0 < gap < 0.2 * step  # bfloat16 arithmetic took part, the update is the same
     acc = feds["bf16"].evaluate()
     assert 0.0 <= acc["r_acc"] <= 1.0 and acc["u_acc"] is None
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(
+        monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with autocast("cpu", "auto"):
+        assert torch.is_autocast_enabled("cpu") is (expected == "bf16")
 
 
 def test_fedsgd_is_one_server_step_on_the_averaged_gradient(small_digits):
@@ -205,7 +218,7 @@ def test_strict_rule_trains_on_until_the_u_set_is_forgotten(small_digits):
     ("clients_per_round", 11, "clients_per_round=11"),
     ("q", -0.1, "-0.1"),
     ("algorithm", "fedprox", "fedprox.*fedavg"),
-    ("precision", "fp16", "fp16.*fp32, bf16"),
+    ("precision", "fp16", "fp16.*fp32, bf16, auto"),
 ])
 def test_bad_federation_config(small_digits, field, value, msg):
     cfg = FedConfig(num_clients=10, clients_per_round=2)
