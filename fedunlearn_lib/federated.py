@@ -425,7 +425,7 @@ def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
     with AMX tiles or AVX512-BF16. Elsewhere bf16 autocast is emulated and slow (on an AVX2
     AMD EPYC here ResNet-20 trained 12x slower in bf16 than in fp32, where a CPU with AMX
-    trained 2.0x faster; benchmarks/bench_sim.py)."""
+    trained 2.0x faster; README "Precision and memory layout")."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

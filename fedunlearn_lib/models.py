@@ -138,8 +138,8 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, tuple[nn.Conv2d, nn.BatchNorm2d
 
 def prefers_channels_last(model: str, device: str | torch.device) -> bool:
     """Whether ``model`` trains faster in channels-last layout on ``device``: on a CPU for
-    the ResNets, and for every model on a CPU without AVX-512 (training steps at B = 64 on
-    2 cores, benchmarks/bench_sim.py: on an AVX-512 Intel CPU ResNet-20 1.09x contiguous,
+    the ResNets, and for every model on a CPU without AVX-512 (B = 64 on 2 cores, README
+    "Precision and memory layout": on an AVX-512 Intel CPU ResNet-20 1.09x contiguous,
     VGG-11 0.88x; on an AVX2 AMD EPYC ResNet-20 1.78x, VGG-11 1.53x); contiguous elsewhere."""
     if torch.device(device).type != "cpu":
         return False
