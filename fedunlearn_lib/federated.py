@@ -1,6 +1,8 @@
 """Federated simulation: FedAvg and FedSGD over Fang-partitioned clients, with checkpoints."""
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 import time
@@ -421,17 +423,22 @@ def local_train(model: nn.Module, client: ClientData, transform: BatchTransform,
     return loss_sum, seen
 
 
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
-    with AMX tiles or AVX512-BF16. Elsewhere bf16 autocast is emulated and slow (on an AVX2
-    AMD EPYC here ResNet-20 trained 12x slower in bf16 than in fp32, where a CPU with AMX
-    trained 2.0x faster; README "Precision and memory layout")."""
-    device = torch.device(device)
+@functools.cache
+def _native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return False
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AMX tiles or AVX512-BF16. Elsewhere bf16 autocast is emulated and slow (on an AVX2
+    AMD EPYC here ResNet-20 trained 12x slower in bf16 than in fp32, where a CPU with AMX
+    trained 2.0x faster; README "Precision and memory layout"). Asked once per device:
+    autocast calls it on every batch."""
+    return _native_bf16(torch.device(device))
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

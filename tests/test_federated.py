@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from fedunlearn_lib import FedConfig, Federation, build_model
 from fedunlearn_lib.data import BatchTransform
-from fedunlearn_lib.federated import (autocast, client_generator, plateaued, resolve_precision,
-                                      rounds_for)
+from fedunlearn_lib.federated import (_native_bf16, autocast, client_generator, plateaued,
+                                      resolve_precision, rounds_for)
 
 
 def _params(model):
@@ -85,10 +85,12 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(
         monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    _native_bf16.cache_clear()  # the capability is cached per device
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     with autocast("cpu", "auto"):
         assert torch.is_autocast_enabled("cpu") is (expected == "bf16")
+    _native_bf16.cache_clear()  # leave the real capability to the other tests
 
 
 def test_fedsgd_is_one_server_step_on_the_averaged_gradient(small_digits):
