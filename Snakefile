@@ -43,8 +43,10 @@ BENCH = f"{RES}/benchmarks"
 ARM = config["arm"]  # the paper's arm: Table 2 and every study
 USEEDS = config["unlearning_seeds"]  # per pretrained model (local proc draw, fine-tuning order)
 
-# Keys that only unlearning and fine-tuning read; pretraining ignores them.
-UNLEARN_ONLY = ("unlearning", "finetune_rounds", "finetune_lr", "target_r_acc", "strict_u")
+# Keys that only unlearning and fine-tuning read; pretraining and retraining ignore them.
+UNLEARN_ONLY = ("unlearning", "finetune_rounds", "finetune_lr")
+# Keys that retraining reads (its target and cap) besides pretraining's.
+RETRAIN_ONLY = ("retrain_rounds", "target_r_acc", "target_margin", "strict_u")
 # Keys that do not change a result (where the data lies, what computes it): left out of
 # the settings a rule hashes and takes as params, and added back when the notebook runs.
 PLACEMENT = ("data_root", "device", "threads")
@@ -116,9 +118,10 @@ def experiment(setting, dataset, model, q, seed, forget, arm=ARM, useed=0):
 def pretrain_experiment(setting, dataset, model, q, seed, forget=None):
     """The settings pretraining reads; its U-set (left out of the plateau rule's R-set
     accuracy) is the data set's first forget set of the main grid, for every run. With
-    ``forget``: the settings of that forget set's retraining."""
+    ``forget``: the settings of that forget set's retraining (its target and cap too)."""
     exp = experiment(setting, dataset, model, q, seed, forget or forget_sets(dataset)[0])
-    return {k: v for k, v in exp.items() if k not in UNLEARN_ONLY}
+    drop = UNLEARN_ONLY + (() if forget else RETRAIN_ONLY)
+    return {k: v for k, v in exp.items() if k not in drop}
 
 
 def placed(exp):
@@ -273,7 +276,8 @@ FM_BENCH = "{}/pretrain/{}.tsv".format(
                        seed=FM_PRE[4], phash=Path(pretrain_dir(*FM_PRE)).name[1:]))
 BENCHMARKS = sorted({*(b for r in ALL_RUNS for b in benchmarks_of(r)), FM_BENCH,
                      *(f"{BENCH}/{rule}/{rule}.tsv" for rule in STUDY_RULES)})
-TABLES = ["table1", "table2", "table3", "table4", "table5", "table_decide", "table_ablations",
+TABLES = ["table1", "table2", "table3", "table4", "table5", "table_decide",
+          "table_decide_paired", "table_ablations",
           "table_ablation_ratio", "table_ablation_apply", "table_ablation_stability",
           "table_idf_readings", "table_robustness"]
 REPORT_TABLES = ["table2_runs", "table_training", "table_jobs"]  # the report's own, beside Table 2
@@ -311,6 +315,8 @@ rule pretrain:
 
 
 rule retrain:
+    input:
+        pretrained=PRE + "/pretrain.pt",  # the target is the raw model's accuracy
     output:
         ckpt=FORGET + "/retrain.pt",
         notebook=f"{NB}/02_retrain_{JOB}.ipynb",
@@ -324,7 +330,7 @@ rule retrain:
     run:
         papermill("02_pretrain", output.notebook,
                   {"experiment": placed(params.experiment), "checkpoint": output.ckpt,
-                   "phase": "retrain"}, threads)
+                   "phase": "retrain", "pretrained": input.pretrained}, threads)
 
 
 rule unlearn:
@@ -427,7 +433,7 @@ ABLATIONS = study("08_ablations", [ABL_RUN], ["table_ablations", "table_ablation
                   ["fig_ablations"], relearn_rounds=config["relearn_rounds"],
                   budget=ABL["rounds"], ratios=ABL["ratios"], clients=ABL["clients"],
                   repeats=ABL["repeats"], noniid_q=ABL["noniid_q"])
-DECISION = study("11_decide", DECIDE_RUNS, ["table_decide"], ["fig_decide"],
+DECISION = study("11_decide", DECIDE_RUNS, ["table_decide", "table_decide_paired"], ["fig_decide"],
                   relearn_rounds=config["relearn_rounds"])
 ROBUSTNESS = study("10_robustness", [ABL_RUN], ["table_robustness"], ["fig_robustness"],
                    **config["robustness"])

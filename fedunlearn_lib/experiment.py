@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -12,11 +13,14 @@ from typing import Any
 import torch
 import yaml
 
+from .classwise import prediction_histogram
 from .data import DATASETS, ImageData, load_dataset
+from .evidence import BN_IMAGES, bn_recall, training_images
 from .federated import FedConfig, Federation, Remote, TrainResult, load_state, rounds_for
 from .io import (atomic_torch_save, atomic_write_json, check_identity, check_weights, load_blob,
                  state_digest)
 from .masking import ChannelMask
+from .mia import model_logits
 from .models import MODELS, build_model, prefers_channels_last
 from .pruning import conv_flops, count_conv_channels, remove_channels
 from .partition import fang_partition
@@ -31,12 +35,17 @@ class ExperimentConfig:
     data_root: str | None = None
     model: str = "resnet20"
     forget: list[int] = field(default_factory=lambda: [9])
-    rounds: int = 20  # pretraining budget (the cap, with patience); retraining gets the same
-    patience: int | None = None  # stop pre-/retraining after this many rounds without gain
+    rounds: int = 20  # pretraining budget (the cap, with patience); also the length of the
+    # learning-rate schedule of pre- and retraining
+    patience: int | None = None  # stop pretraining after this many rounds without gain
     # in validation R-set accuracy (a plateau); None = train for all `rounds`
+    retrain_rounds: int | None = None  # cap on retraining, which stops at the first round
+    # meeting the target (the paper's "rounds to the target"); None = rounds
     finetune_rounds: int | None = None  # None = rounds
     finetune_lr: float | None = None  # constant fine-tuning lr; None = federation.lr
-    target_r_acc: float | None = None  # None = what retraining reaches
+    target_r_acc: float | None = None  # None = the raw model's R-set accuracy on the
+    # decision split minus target_margin, fixed before retraining and fine-tuning run
+    target_margin: float = 0.01
     strict_u: float = 0.01  # strict stop rule: U-set accuracy <= this in the target round
     train_per_class: int | None = None  # class-balanced subset; None = all
     test_per_class: int | None = None
@@ -102,6 +111,10 @@ class ExperimentConfig:
                 raise ValueError("forget must leave at least one class")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.retrain_rounds is not None and self.retrain_rounds < 1:
+            raise ValueError(f"retrain_rounds must be >= 1 or None, got {self.retrain_rounds}")
+        if not 0.0 <= self.target_margin < 1.0:
+            raise ValueError(f"target_margin must lie in [0, 1), got {self.target_margin}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -177,17 +190,33 @@ def pretrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
     return fed
 
 
-def retrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path,
-            progress: bool = True, remote: Remote | None = None) -> Federation:
-    """The baseline: from scratch, remaining classes only, same budget, learning-rate
-    schedule and plateau rule as pretraining (resumable; it reads no unlearning setting,
-    so one retraining serves every arm and unlearning seed of a forget set)."""
+def retrain(cfg: ExperimentConfig, data: ImageData, checkpoint: Path, target: float,
+            progress: bool = True, remote: Remote | None = None) -> tuple[Federation, TrainResult]:
+    """The baseline: from scratch, remaining classes only, pretraining's recipe (its
+    learning-rate schedule over ``cfg.rounds``), until the strict stop rule holds (R-set
+    accuracy >= ``target`` on the decision split; U-set <= ``cfg.strict_u``, which a model
+    that never saw the forgotten classes meets) or ``cfg.retrain_rounds`` rounds ran.
+    Resumable; it reads no unlearning setting, so one retraining serves every arm and
+    unlearning seed of a forget set."""
+    cap = cfg.retrain_rounds or cfg.rounds
     fed = Federation(new_model(cfg, data.num_classes), data, cfg.federation, forget=cfg.forget,
                      exclude=cfg.forget, device=cfg.device, checkpoint=checkpoint,
-                     identity=identity(cfg), channels_last=cfg.uses_channels_last(),
+                     identity={**identity(cfg), "target": target, "retrain_rounds": cap},
+                     channels_last=cfg.uses_channels_last(),
                      progress=progress, desc="retrain", remote=remote, lr_rounds=cfg.rounds)
-    fed.train_until(None, cfg.rounds, patience=cfg.patience)
-    return fed
+    result = fed.train_until(target, cap, max_u=cfg.strict_u)
+    if not checkpoint.exists():  # target met before any round: keep the model all the same
+        fed.save_checkpoint()
+    return fed, result
+
+
+def target_of(cfg: ExperimentConfig, pretrained: Federation) -> float:
+    """The R-set accuracy that retraining and fine-tuning must reach: ``cfg.target_r_acc``,
+    or the raw model's on the decision split minus ``cfg.target_margin``. It depends on the
+    pretrained model only, so it is fixed before either run."""
+    if cfg.target_r_acc is not None:
+        return cfg.target_r_acc
+    return pretrained.final_scores()[pretrained.decision_key] - cfg.target_margin
 
 
 def finetune(cfg: ExperimentConfig, data: ImageData, model: torch.nn.Module,
@@ -224,8 +253,37 @@ def finetune_config(cfg: ExperimentConfig) -> FedConfig:
 
 
 def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | None:
-    """Retraining rounds over fine-tuning rounds (``None`` when either never got there)."""
-    return rounds_baseline / rounds_ours if rounds_baseline is not None and rounds_ours else None
+    """Retraining rounds over fine-tuning rounds: ``None`` when either never reached the
+    target, ``inf`` when fine-tuning needed no round (the pruned model already met it)."""
+    if rounds_baseline is None or rounds_ours is None:
+        return None
+    return math.inf if rounds_ours == 0 else rounds_baseline / rounds_ours
+
+
+def speedup_definition(cfg: ExperimentConfig) -> str:
+    """What ``speedup`` measures for ``cfg``, as ``metrics.json`` states it."""
+    split = "validation" if cfg.val_fraction else "test (no validation split: decisions " \
+        "and reports share it)"
+    text = (f"rounds_retrain / rounds_finetune: the first round in which retraining from "
+            f"scratch and fine-tuning each reach target_r_acc (R-set, {split} split), a "
+            f"target fixed from the raw model before either runs; _strict: U-set <= strict_u "
+            f"in that round too; inf: the pruned model met it before any round. "
+            f"recipe_ratio: rounds (the pretraining recipe's length) / "
+            f"rounds_finetune_strict, the cost of rerunning the recipe")
+    if cfg.federation.lr_schedule != "constant":
+        text += (f". The {cfg.federation.lr_schedule} learning-rate schedule of retraining "
+                 f"spans `rounds`, so its rounds to the target follow that length")
+    return text
+
+
+def prediction_shares(fed: Federation) -> dict[str, list[float]]:
+    """Where ``fed.model``'s predictions of the U-set test images go (``u_test``): the share
+    predicted as each class; with the R-set accuracy it shows a collapsed model, which
+    sends nearly every image to one class."""
+    data, in_u = fed.data, fed._in_u[fed.data.test_y]
+    hist = prediction_histogram(model_logits(fed.model, data.test_x[in_u], fed.transform),
+                                data.num_classes)
+    return {"u_test": [round(float(v), 4) for v in hist]}
 
 
 def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
@@ -246,6 +304,12 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     mask, per_class = prune_for_classes(pretrained, cfg.forget, cfg.unlearning)  # masks in place
     t_score = time.perf_counter() - t0
     after_mask = pretrained.scores()
+    shares = prediction_shares(pretrained)
+    retained = [c for c in range(pretrained.data.num_classes) if c not in cfg.forget]
+    pretrained.model = bn_recall(pruned_model, training_images(
+        pretrained.data, retained, BN_IMAGES, seed=cfg.federation.seed), pretrained.data, mask,
+        precision=cfg.federation.precision)
+    after_bn = pretrained.scores()  # running statistics of the retained classes, no step
     pretrained.model = original  # leave the pretrained federation as it was
     t0 = time.perf_counter()
     removed, keep = 0, mask
@@ -254,7 +318,8 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
         pruned_model, keep, removed = remove_channels(pruned_model, mask, example)
     blob = {"identity": key, "model": pruned_model, "weights": state_digest(pruned_model),
             "mask": keep.state(), "selected": mask.state(),
-            "per_class": per_class, "metrics": after_mask,
+            "per_class": per_class, "metrics": after_mask, "metrics_bn": after_bn,
+            "predictions": shares,
             "channels": {"total": count_conv_channels(original), "selected": len(mask),
                          "removed": removed, "masked": len(keep)},
             "macs": {"raw": conv_flops(original), "pruned": conv_flops(pruned_model)},
@@ -269,8 +334,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
                    remote: Remote | None = None) -> dict:
     """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
 
-    Fine-tuning stops by the strict rule; ``rounds_finetune`` is the paper's rule (first
-    round with R-set accuracy >= target), ``rounds_finetune_strict`` the strict one.
+    The target is fixed from the raw model (``target_of``); retraining and fine-tuning stop
+    by the strict rule; ``rounds_*`` is the paper's rule (first round with R-set accuracy
+    >= target), ``rounds_*_strict`` the strict one, ``speedup_definition`` says what the
+    ratios mean. ``finetuned_at_rule`` holds the accuracies in the paper's stop round,
+    ``finetuned`` those after the last round run; ``pruned_bn`` the pruned model's after
+    re-estimating BatchNorm statistics on retained-class training images (no step),
+    ``pruned_predictions`` where the pruned model's test predictions go.
     Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
     ``pretrained`` names a finished pretraining checkpoint to use instead of
     ``out/pretrain.pt`` (it is read, never written, when it is complete); ``retrained``
@@ -287,28 +357,40 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
 
     pre = pretrain(cfg, data, Path(pretrained) if pretrained else out / "pretrain.pt", progress,
                    remote)
-    raw = pre.scores()
-    re = retrain(cfg, data, Path(retrained) if retrained else out / "retrain.pt", progress,
-                 remote)
-    retrained = re.scores()
-    decide = re.decision_key  # the stop rules read the validation split when there is one
-    target = cfg.target_r_acc if cfg.target_r_acc is not None else retrained[decide]
+    raw = pre.final_scores()
+    decide = pre.decision_key  # the stop rules read the validation split when there is one
+    target = target_of(cfg, pre)
+    re, re_result = retrain(cfg, data, Path(retrained) if retrained else out / "retrain.pt",
+                            target, progress, remote)
+    retrained = re.final_scores()
 
     pruned = prune(cfg, pre, out)
     ft, result = finetune(cfg, data, pruned["model"], ChannelMask(pruned["mask"]),
                           out / "finetune.pt", target, progress=progress, remote=remote)
-    finetuned = ft.scores()
+    finetuned = ft.final_scores()
+    at_rule = next((h for h in ft.history if h["round"] == result.rounds_to_target), None)
 
     rounds_retrain = rounds_for(re.history, target, decide)
-    strict_retrain = rounds_for(re.history, target, decide, max_u=cfg.strict_u)
+    strict_retrain = re_result.rounds_strict
     metrics = {
-        "raw": raw, "pruned": pruned["metrics"], "finetuned": finetuned, "retrained": retrained,
-        "target_r_acc": target, "decided_on": decide, "rounds_pretrain": pre.round,
-        "rounds_finetune": result.rounds_to_target, "rounds_finetune_run": result.rounds_run,
-        "rounds_retrain": rounds_retrain, "speedup": speedup(rounds_retrain,
-                                                             result.rounds_to_target),
-        "rounds_finetune_strict": result.rounds_strict, "rounds_retrain_strict": strict_retrain,
+        "raw": raw, "pruned": pruned["metrics"], "pruned_bn": pruned["metrics_bn"],
+        "pruned_predictions": pruned["predictions"],
+        "finetuned_at_rule": None if at_rule is None else
+        {k: v for k, v in at_rule.items() if k.endswith("_acc")},
+        "finetuned": finetuned, "retrained": retrained,
+        "target_r_acc": target, "target_rule": "given" if cfg.target_r_acc is not None
+        else f"raw {decide} - {cfg.target_margin}",
+        "decided_on": decide, "decisions_share_test_split": data.val_y is None,
+        "speedup_definition": speedup_definition(cfg),
+        "rounds_pretrain": pre.round,
+        "rounds_finetune": result.rounds_to_target, "rounds_finetune_strict": result.rounds_strict,
+        "rounds_finetune_run": result.rounds_run,
+        "rounds_finetune_cap": cfg.finetune_rounds or cfg.rounds,
+        "rounds_retrain": rounds_retrain, "rounds_retrain_strict": strict_retrain,
+        "rounds_retrain_run": re.round, "rounds_retrain_cap": cfg.retrain_rounds or cfg.rounds,
+        "speedup": speedup(rounds_retrain, result.rounds_to_target),
         "speedup_strict": speedup(strict_retrain, result.rounds_strict),
+        "recipe_ratio": speedup(cfg.rounds, result.rounds_strict),
         "channels": pruned["channels"], "macs": pruned["macs"],
         "seconds": {"pretrain": pre.elapsed, "scoring": pruned["seconds"]["scoring"],
                     "pruning": pruned["seconds"]["pruning"], "finetune": ft.elapsed,

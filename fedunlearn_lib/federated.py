@@ -41,9 +41,11 @@ class FedConfig:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.1
-    lr_schedule: str = "cosine"  # over a training run's rounds (pretraining, retraining);
-    # "constant": lr throughout
-    warmup_rounds: int = 0  # linear warm-up to lr over the first rounds (with lr_rounds)
+    lr_schedule: str = "cosine"  # over a training run's rounds (pretraining, retraining),
+    # which ties retraining's rounds to the target to that length; "constant": lr
+    # throughout (the paper's protocol, the workflow profiles')
+    warmup_rounds: int = 0  # linear warm-up over the first rounds (with lr_rounds): round
+    # r <= warmup_rounds runs at lr * r / (warmup_rounds + 1), so even 1 round warms up
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True
@@ -79,13 +81,14 @@ class FedConfig:
 
     def lr_at(self, rnd: int, lr_rounds: int | None) -> float:
         """The learning rate of round ``rnd`` (1-based) of a training run of ``lr_rounds``
-        rounds: linear warm-up over ``warmup_rounds``, then constant or a cosine decay that
+        rounds: a linear warm-up over ``warmup_rounds`` (round r at lr * r / (warmup_rounds + 1)),
+        then constant or a cosine decay that
         ends one step short of 0 in round ``lr_rounds``. Without ``lr_rounds`` (fine-tuning,
         open-ended runs) the rate is ``lr`` throughout."""
         if lr_rounds is None:
             return self.lr
-        if rnd <= self.warmup_rounds:
-            return self.lr * rnd / self.warmup_rounds
+        if rnd <= self.warmup_rounds:  # lr/(w+1), ..., w*lr/(w+1): below lr, rising to it
+            return self.lr * rnd / (self.warmup_rounds + 1)
         if self.lr_schedule == "constant":
             return self.lr
         span = max(lr_rounds - self.warmup_rounds, 1)
@@ -295,8 +298,23 @@ class Federation:
         """Test accuracies, plus validation ones (``val_`` keys) when there is a split."""
         out = self.evaluate()
         if self.data.val_y is not None:
-            out.update({f"val_{k}": v for k, v in self.evaluate(split="val").items()})
+            out.update(self.decision_scores())
         return out
+
+    def final_scores(self) -> dict[str, float | None]:
+        """``scores()`` of the model as it is after ``train_until``: read from the last
+        history entry (which holds both splits), evaluated only when it has none."""
+        last = self.history[-1] if self.history else {}
+        if last.get("round") == self.round and "r_acc" in last:
+            return {k: v for k, v in last.items() if k.endswith("_acc")}
+        return self.scores()
+
+    def decision_scores(self) -> dict[str, float | None]:
+        """The accuracies the stop rules read: validation (``val_`` keys) when there is a
+        validation split, else test (what every round of a training run records)."""
+        if self.data.val_y is None:
+            return self.evaluate()
+        return {f"val_{k}": v for k, v in self.evaluate(split="val").items()}
 
     # -------------------------------------------------------------- training
     def train_until(self, target: float | None, max_rounds: int, *, key: str | None = None,
@@ -304,7 +322,10 @@ class Federation:
         """Train until accuracy ``key`` reaches ``target`` or ``max_rounds`` rounds ran.
 
         ``key`` defaults to ``decision_key`` (validation R-set accuracy when there is a
-        validation split). Round 0 (the model as given) is evaluated too;
+        validation split). Every round records the decision split's accuracies only; the
+        test split (``u_acc``, ``r_acc``) is also recorded in round 0, in the first round
+        meeting ``target`` (the paper's stop round) and in the last round run, the rounds
+        whose numbers are reported. Round 0 (the model as given) is evaluated too;
         ``rounds_to_target`` is the first evaluated round whose ``key`` accuracy is
         >= target (``None`` if never reached). With ``max_u`` training goes on until the
         same round also has U-set accuracy (of the same split) <= ``max_u`` (the strict
@@ -321,6 +342,13 @@ class Federation:
         if not self.history:
             self.history.append({"round": 0, "loss": None, **self.scores()})
 
+        def record(loss: float) -> None:
+            entry = {"round": self.round, "loss": loss, **self.decision_scores()}
+            self.history.append(entry)
+            if (target is not None and "r_acc" not in entry
+                    and rounds_for(self.history, target, key) == self.round):
+                entry.update(self.evaluate())  # the paper's stop round: reported on test
+
         def stop() -> bool:
             if patience is not None and plateaued(self.history, key, patience):
                 return True
@@ -333,13 +361,15 @@ class Federation:
         while not stop() and self.round < max_rounds:
             loss = self.run_round()
             if self.round % self.cfg.eval_every == 0 or self.round == max_rounds:
-                self.history.append({"round": self.round, "loss": loss, **self.scores()})
+                record(loss)
                 bar.set_postfix({key: f"{self.history[-1][key]:.3f}"})
             if self.checkpoint is not None and self.round % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             self.elapsed = time.perf_counter() - t0
             bar.update(1)
         bar.close()
+        if "r_acc" not in self.history[-1]:  # the last round run: reported on test
+            self.history[-1].update(self.evaluate())
         self.elapsed = time.perf_counter() - t0
         if self.checkpoint is not None and self.round > first:
             self.save_checkpoint()

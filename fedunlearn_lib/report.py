@@ -16,7 +16,17 @@ import seaborn as sns  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
-PHASES = ("raw", "pruned", "finetuned", "retrained")
+# metrics.json's accuracies and their names in Table 2: after pruning as is and with the
+# BatchNorm statistics re-estimated on retained-class images; fine-tuned in the paper's
+# stop round and after the last round run
+PHASES = {"raw": "raw", "pruned": "pruned", "pruned_bn": "pruned BN re-est.",
+          "finetuned_at_rule": "at paper stop", "finetuned": "final", "retrained": "retrained"}
+
+
+def curve_key(history: list[dict], split: str = "r") -> str:
+    """The history key of every round's ``split`` ("u" or "r") accuracy: validation when
+    the run holds a validation split out (its rounds are evaluated on it), else test."""
+    return f"val_{split}_acc" if "val_r_acc" in history[0] else f"{split}_acc"
 
 
 def load_metrics(paths: Iterable[str | os.PathLike]) -> list[dict]:
@@ -68,52 +78,79 @@ def summarize(df: pd.DataFrame, by: Sequence[str], columns: Sequence[str],
 # retraining per seed): summarized over seeds, not over unlearning seeds
 PER_SEED = ("raw U", "raw R", "retrained U", "retrained R", "rounds retrain")
 KEYS = ["dataset", "model", "forget", "q"]
+RATIOS = ("speedup", "speedup strict", "recipe ratio")  # per run; Table 2 takes ratios of means
 
 
 def table2(runs: list[dict]) -> pd.DataFrame:
     """The paper's Table 2 over seeds: per data set, model, forget set and q, mean ± sd of
     ``table2_runs``' numbers over runs (n), those of the pretrained and retrained models
-    over pretraining seeds (seeds), and how many runs never reached the target."""
+    over pretraining seeds (seeds), the speedups as ratios of mean rounds (runs that met
+    both targets; a run met at round 0 counts 0 rounds) and how many runs never reached
+    the target."""
     df = table2_runs(runs)
     numbers = [c for c in df.columns if c not in (*KEYS, "seed", "unlearning seed",
-                                                  "direction", "U by fine-tuning round")]
+                                                  "direction", "U by fine-tuning round",
+                                                  *RATIOS)]
     table = summarize(df, KEYS, [c for c in numbers if c not in PER_SEED])
     seeds = summarize(df.drop_duplicates([*KEYS, "seed"]), KEYS, list(PER_SEED))
     table.insert(len(KEYS) + 1, "seeds", seeds["n"].to_numpy())
     for col in PER_SEED:
         table[col] = seeds[col].to_numpy()
+    groups = [part for _, part in df.groupby(KEYS, sort=False)]
+    for name, ours, theirs in (("speedup", "rounds fine-tune", "rounds retrain"),
+                               ("speedup strict", "rounds fine-tune strict",
+                                "rounds retrain strict"),
+                               ("recipe ratio", "rounds fine-tune strict", "recipe rounds")):
+        table[f"{name} (ratio of means)"] = [ratio_of_means(p[theirs], p[ours]) for p in groups]
     table["no target (paper / strict)"] = [
-        f"{part['rounds fine-tune'].isna().sum()} / {part['rounds fine-tune strict'].isna().sum()}"
-        for _, part in df.groupby(KEYS, sort=False)]
-    return table[[*KEYS, "n", "seeds", *numbers, "no target (paper / strict)"]]
+        f"{p['rounds fine-tune'].isna().sum()} / {p['rounds fine-tune strict'].isna().sum()}"
+        for p in groups]
+    return table[[*KEYS, "n", "seeds", *numbers, *(f"{r} (ratio of means)" for r in RATIOS),
+                  "no target (paper / strict)"]]
+
+
+def ratio_of_means(numerator: pd.Series, denominator: pd.Series) -> float | None:
+    """mean(numerator) / mean(denominator) over the rows where both are present (inf when
+    the denominator's mean is 0; None when no row has both)."""
+    both = pd.concat([pd.to_numeric(numerator), pd.to_numeric(denominator)], axis=1).dropna()
+    if both.empty:
+        return None
+    den = both.iloc[:, 1].mean()
+    return float("inf") if den == 0 else round(both.iloc[:, 0].mean() / den, 2)
 
 
 def table2_runs(runs: list[dict]) -> pd.DataFrame:
-    """The paper's Table 2, one row per run: U-/R-set accuracy (%) raw, after pruning,
-    fine-tuned, retrained; rounds and speedup under the paper's and the strict stop rule;
-    U-set % at every fine-tuning round."""
+    """The paper's Table 2, one row per run: U-/R-set test accuracy (%) raw, after pruning
+    (as is, and with BatchNorm re-estimated), fine-tuned in the paper's stop round and
+    after the last round, retrained; rounds to the target and speedup under the paper's
+    and the strict stop rule (0 rounds: met before fine-tuning), retraining's cap; U-set %
+    at every fine-tuning round on the decision split."""
     rows = []
     for run in runs:
         row = _label(run)
-        for phase in PHASES:
+        for phase, name in PHASES.items():
             for split in ("u", "r"):
-                v = run[phase][f"{split}_acc"]
-                row[f"{phase} {split.upper()}"] = None if v is None else round(100 * v, 2)
+                v = (run.get(phase) or {}).get(f"{split}_acc")
+                row[f"{name} {split.upper()}"] = None if v is None else round(100 * v, 2)
         row["rounds fine-tune"] = run["rounds_finetune"]
+        row["rounds fine-tune strict"] = run["rounds_finetune_strict"]
         row["rounds retrain"] = run["rounds_retrain"]
-        row["speedup"] = None if run["speedup"] is None else round(run["speedup"], 2)
-        strict = run.get("speedup_strict")  # R-set at target and U-set <= strict_u, same round
-        row["rounds fine-tune strict"] = run.get("rounds_finetune_strict")
-        row["speedup strict"] = None if strict is None else round(strict, 2)
-        row["U by fine-tuning round"] = " ".join(f"{100 * h['u_acc']:.0f}"
-                                                 for h in run["history"]["finetune"])
+        row["rounds retrain strict"] = run["rounds_retrain_strict"]
+        row["retrain cap"] = run["rounds_retrain_cap"]
+        row["recipe rounds"] = run["config"]["rounds"]
+        for name, key in zip(RATIOS, ("speedup", "speedup_strict", "recipe_ratio")):
+            row[name] = None if run[key] is None else round(run[key], 2)
+        hist = run["history"]["finetune"]
+        row["U by fine-tuning round"] = " ".join(f"{100 * h[curve_key(hist, 'u')]:.0f}"
+                                                 for h in hist)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def accuracy_curves(runs: list[dict]) -> plt.Figure:
-    """The paper's Figure 3: R-set test accuracy per round, fine-tuning vs retraining; with
-    several seeds the mean and a band of one sd."""
+    """The paper's Figure 3: R-set accuracy per round (on the decision split, as every round
+    is evaluated), fine-tuning vs retraining; with several seeds the mean and a band of
+    one sd."""
     frames, retrained = [], set()
     for run in runs:
         lab = _label(run)
@@ -123,9 +160,10 @@ def accuracy_curves(runs: list[dict]) -> plt.Figure:
                 if (panel, lab["seed"]) in retrained:
                     continue
                 retrained.add((panel, lab["seed"]))
-            for h in run["history"][phase]:
+            hist = run["history"][phase]
+            for h in hist:
                 frames.append({"panel": panel, "round": h["round"], "curve": name,
-                               "R-set accuracy (%)": 100 * h["r_acc"]})
+                               "R-set accuracy (%)": 100 * h[curve_key(hist)]})
     df = pd.DataFrame(frames)
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.3)
     panels = sorted(df["panel"].unique())
@@ -252,8 +290,9 @@ def ablation_figure(histories: dict[str, list[dict]], target: float,
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for name, hist in histories.items():
         rounds = [h["round"] for h in hist]
-        for ax, key in zip(axes[:2], ("u_acc", "r_acc")):
-            ax.plot(rounds, [100 * h[key] for h in hist], marker="o", label=name)
+        for ax, split in zip(axes[:2], ("u", "r")):
+            ax.plot(rounds, [100 * h[curve_key(hist, split)] for h in hist], marker="o",
+                    label=name)
     axes[1].axhline(100 * target, color="gray", ls="--", label="target")
     for ax, title in zip(axes[:2], ("U-set accuracy (forgotten)", "R-set accuracy (remaining)")):
         ax.set(xlabel="fine-tuning round", ylabel="accuracy (%)", title=title)
@@ -287,17 +326,18 @@ def robustness_figure(summary: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def decide_figure(runs: pd.DataFrame, retrain: pd.DataFrame, target: float) -> plt.Figure:
-    """The deciding comparison: U- and R-set test accuracy per fine-tuning round for each arm
-    (mean, band of one sd over runs; round 0 is right after pruning), and retraining's R
-    over the same rounds."""
+def decide_figure(runs: pd.DataFrame, retrain: pd.DataFrame, target: float,
+                  split: str = "validation") -> plt.Figure:
+    """The deciding comparison: U- and R-set accuracy on ``split`` per fine-tuning round for
+    each arm (mean, band of one sd over runs; round 0 is right after pruning), retraining's
+    R over the same rounds and the target, all on that split."""
     retrain = retrain[retrain["round"] <= runs["round"].max()]
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, key, title in ((axes[0], "U", "U-set accuracy (forgotten)"),
                            (axes[1], "R", "R-set accuracy (remaining)")):
         sns.lineplot(data=runs, x="round", y=key, hue="arm", errorbar="sd", marker="o", ax=ax)
-        ax.set(xlabel="fine-tuning round", ylabel="test accuracy (%)", title=title)
+        ax.set(xlabel="fine-tuning round", ylabel=f"{split} accuracy (%)", title=title)
     sns.lineplot(data=retrain, x="round", y="R", errorbar="sd", color="black", ls=":",
                  label="retraining", ax=axes[1])
     axes[1].axhline(100 * target, color="gray", ls="--", label="target (mean)")

@@ -17,7 +17,7 @@ from torch import nn
 
 from .classwise import accuracy_kl, per_class_accuracy, prediction_histogram, softmax_kl
 from .data import BatchTransform
-from .evidence import bn_recall, information_left
+from .evidence import BN_IMAGES, bn_recall, information_left, training_images
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
 from .federated import Federation, rounds_for
 from . import fisher as fl
@@ -46,8 +46,10 @@ def describe(run: Run) -> dict:
 
 
 def evidence(run: Run, models: dict[str, nn.Module], max_rounds: int) -> dict[str, dict]:
-    """Relearn rounds and probe accuracy for each named model (cached in ``run.path``)."""
-    target = run.metrics["raw"]["u_acc"]
+    """Relearn rounds and probe accuracy for each named model (cached in ``run.path``); the
+    relearn target is the raw model's U-set accuracy on the decision split."""
+    raw = run.metrics["raw"]
+    target = raw["val_u_acc"] if run.data.val_y is not None else raw["u_acc"]
     return {name: information_left(name, m, run.data, run.cfg.federation, run.cfg.forget,
                                    target, max_rounds, run.path / "evidence", run.cfg.device)
             for name, m in models.items()}
@@ -76,26 +78,40 @@ def forgotten_images(run: Run) -> dict[str, torch.Tensor]:
                                   ("train", (data.train_x, data.train_y)))}
 
 
-def bn_recall_u(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> float | None:
-    """U-set test accuracy (%) of ``model`` after BatchNorm recall: running statistics
-    re-estimated on the retained classes, masked channels kept at zero."""
-    recalled = bn_recall(model, run.data, run.cfg.forget, mask,
-                         precision=run.cfg.federation.precision)
-    fed = Federation(recalled, run.data, run.cfg.federation, forget=run.cfg.forget,
-                     device=run.cfg.device, progress=False)
-    return pct(fed.evaluate()["u_acc"])
+BN_RECALL = ("all classes", "forgotten only")  # the images a BN-recall attack re-estimates on
+
+
+def bn_recall_u(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
+    """U-set test accuracy (%) of ``model`` after BatchNorm recall, an attack by a client
+    that still holds the forgotten classes: running statistics re-estimated (no weight
+    change, masked channels kept at zero) on training images of every class at their
+    natural share (``BN recall U (all classes)``) and of the forgotten classes alone
+    (``BN recall U (forgotten only)``), ``evidence.BN_IMAGES`` images each."""
+    cfg, data = run.cfg, run.data
+    classes = {"all classes": range(data.num_classes), "forgotten only": cfg.forget}
+    transform = BatchTransform(data.mean, data.std, data.test_x.device)
+    u_test = forgotten_images(run)["test"]
+    u_labels = data.test_y[torch.isin(data.test_y, torch.tensor(cfg.forget,
+                                                                device=data.test_y.device))]
+    out = {}
+    for name in BN_RECALL:
+        images = training_images(data, classes[name], BN_IMAGES, seed=cfg.federation.seed)
+        recalled = bn_recall(model, images, data, mask, precision=cfg.federation.precision)
+        hit = model_logits(recalled, u_test, transform).argmax(1) == u_labels.cpu()
+        out[f"BN recall U ({name})"] = pct(hit.float().mean().item())
+    return out
 
 
 def closeness(run: Run, model: nn.Module, mask: ChannelMask | None = None) -> dict:
     """How close ``model`` is to forgetting like retraining, on the forgotten classes:
-    U-set test accuracy (%) after BatchNorm recall (``bn_recall_u``), the mean per-image KL
+    U-set test accuracy (%) after the BatchNorm-recall attacks (``bn_recall_u``), the mean per-image KL
     divergence from the retrained model's predictions on the forgotten classes' test and
     training images, and the share of their test images predicted as each class
     (``U test histogram``)."""
     data = run.data
     transform = BatchTransform(data.mean, data.std, data.test_x.device)
     images = forgotten_images(run)
-    out = {"BN-recall U": bn_recall_u(run, model, mask)}
+    out = bn_recall_u(run, model, mask)
     for split, x in images.items():
         out[f"KL to retrained U {split}"] = round(softmax_kl(
             model_logits(run.retrained, x, transform), model_logits(model, x, transform)), 4)
@@ -119,19 +135,30 @@ def closeness_columns(run: Run, model: nn.Module, mask: ChannelMask | None = Non
 
 # ------------------------------------------------------- the deciding comparison
 def decide_row(run: Run, relearn_rounds: int) -> dict:
-    """One run of the deciding comparison: its arm and seeds, rounds to target and speedup
-    under both stop rules, accuracies, relearn rounds, probe accuracy and ``closeness``."""
+    """One run of the deciding comparison: its arm and seeds, rounds to the target under the
+    strict rule (the speed measure: R-set at the target and U-set <= strict_u on the
+    decision split) and the paper's (R-set only), U/R after pruning (as is and with
+    BatchNorm re-estimated on retained-class images), in the paper's stop round and after
+    the last round, relearn, probe and ``closeness``."""
     m, cfg = run.metrics, run.cfg
     ev = evidence(run, {"unlearned": run.unlearned}, relearn_rounds)["unlearned"]
+    at_rule = m["finetuned_at_rule"] or {}
     return {"arm": arm_of(cfg.unlearning), "seed": cfg.federation.seed,
             "unlearning seed": cfg.unlearning.seed,
             "pruned channels": m["channels"]["selected"],
-            "rounds": m["rounds_finetune"], "rounds strict": m["rounds_finetune_strict"],
-            "speedup": m["speedup"], "speedup strict": m["speedup_strict"],
+            "rounds strict": m["rounds_finetune_strict"], "rounds paper": m["rounds_finetune"],
+            "retrain rounds strict": m["rounds_retrain_strict"],
+            "retrain rounds paper": m["rounds_retrain"],
+            "speedup strict": m["speedup_strict"], "speedup paper": m["speedup"],
             "pruned U": pct(m["pruned"]["u_acc"]), "pruned R": pct(m["pruned"]["r_acc"]),
+            "pruned BN U": pct(m["pruned_bn"]["u_acc"]),
+            "pruned BN R": pct(m["pruned_bn"]["r_acc"]),
+            "at paper stop U": pct(at_rule.get("u_acc")),
+            "at paper stop R": pct(at_rule.get("r_acc")),
             "final U": pct(m["finetuned"]["u_acc"]), "final R": pct(m["finetuned"]["r_acc"]),
             **relearn_numbers(ev), "probe U": pct(ev["probe"]),
-            **closeness(run, run.unlearned, run.mask)}
+            **closeness(run, run.unlearned, run.mask),
+            "pruned U test histogram": np.array(m["pruned_predictions"]["u_test"])}
 
 
 def retrained_row(run: Run, relearn_rounds: int) -> dict:
@@ -139,10 +166,10 @@ def retrained_row(run: Run, relearn_rounds: int) -> dict:
     m = run.metrics
     ev = evidence(run, {"retrained": run.retrained}, relearn_rounds)["retrained"]
     return {"arm": "retrained", "seed": run.cfg.federation.seed,
-            "rounds": m["rounds_retrain"], "rounds strict": m["rounds_retrain_strict"],
+            "rounds strict": m["rounds_retrain_strict"], "rounds paper": m["rounds_retrain"],
             "final U": pct(m["retrained"]["u_acc"]), "final R": pct(m["retrained"]["r_acc"]),
             **relearn_numbers(ev), "probe U": pct(ev["probe"]),
-            "BN-recall U": bn_recall_u(run, run.retrained)}
+            **bn_recall_u(run, run.retrained)}
 
 
 def retrained_spread(runs: Sequence[Run]) -> list[dict]:

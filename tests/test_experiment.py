@@ -20,20 +20,31 @@ def e2e(tmp_path_factory):
 
 def test_end_to_end_on_digits_forgets_and_recovers(e2e):
     _, m = e2e
-    for phase in ("raw", "pruned", "finetuned", "retrained"):
+    for phase in ("raw", "pruned", "pruned_bn", "finetuned_at_rule", "finetuned", "retrained"):
         assert 0.0 <= m[phase]["u_acc"] <= 1.0 and 0.0 <= m[phase]["r_acc"] <= 1.0
     assert m["raw"]["u_acc"] > 0.5, "the raw model must know the class to forget"
     assert m["raw"]["r_acc"] >= 0.90, "the default digits run must start from a learned model"
-    assert m["pruned"]["u_acc"] < 0.5 * m["raw"]["u_acc"], "pruning must collapse U-set acc"
-    assert m["finetuned"]["u_acc"] == 0.0
-    # fine-tuning stops at the first round reaching the retrained model's R-set accuracy,
-    # so it ends within 2 points below it at worst (it may overshoot)
-    assert m["finetuned"]["r_acc"] >= m["retrained"]["r_acc"] - 0.02
-    assert m["target_r_acc"] == m["retrained"]["r_acc"]
-    assert m["rounds_finetune"] >= 1 and m["rounds_retrain"] >= 1
-    assert m["speedup"] == pytest.approx(m["rounds_retrain"] / m["rounds_finetune"])
-    assert m["config"]["forget"] == [9] and m["config"]["unlearning"]["ratio"] == 0.05
+    # Right after pruning the model may have collapsed (R-set near chance): where its
+    # predictions land, and so its U-set accuracy, varies between CPUs. The method
+    # guarantees which channels go; where the predictions go is reported, not asserted.
     assert m["channels"]["selected"] == round(0.05 * m["channels"]["total"])
+    shares = m["pruned_predictions"]["u_test"]
+    assert len(shares) == 10 and sum(shares) == pytest.approx(1.0, abs=1e-3)
+    # the target is fixed from the raw model before retraining and fine-tuning run; without
+    # a validation split (the library's default) both decide on the test split, and say so
+    assert m["decisions_share_test_split"] and m["decided_on"] == "r_acc"
+    assert m["target_r_acc"] == pytest.approx(m["raw"]["r_acc"] - 0.01)
+    assert 1 <= m["rounds_retrain"] <= m["rounds_retrain_cap"]
+    assert m["retrained"]["r_acc"] >= m["target_r_acc"]
+    # fine-tuning meets the strict rule: R-set at the target with the U-set forgotten
+    assert m["rounds_finetune"] <= m["rounds_finetune_strict"] <= m["rounds_finetune_cap"]
+    assert m["finetuned"]["u_acc"] <= m["config"]["strict_u"]
+    assert m["finetuned"]["r_acc"] >= m["target_r_acc"]
+    assert m["finetuned_at_rule"]["r_acc"] >= m["target_r_acc"]
+    assert m["speedup_strict"] == pytest.approx(m["rounds_retrain_strict"]
+                                                / m["rounds_finetune_strict"])
+    assert "target_r_acc" in m["speedup_definition"]
+    assert m["config"]["forget"] == [9] and m["config"]["unlearning"]["ratio"] == 0.05
 
 
 def test_outputs_are_complete_and_rerun_resumes(e2e):
@@ -125,3 +136,36 @@ def test_yaml_config_and_unknown_keys(tmp_path):
     assert cfg.model == "vgg11" and cfg.forget == [0, 9] and cfg.federation.q == 0.5
     with pytest.raises(ValueError, match="unknown config key.*lr"):
         ExperimentConfig.from_dict({"lr": 0.1})
+
+
+def test_speedup_is_not_pinned_to_the_retraining_cap(small_digits, tmp_path, monkeypatch):
+    """The paper's protocol at the smoke scale (constant rate, target fixed from the raw
+    model): retraining reaches the target before its cap, and doubling the cap changes the
+    speedup by less than its spread over seeds (with a constant rate, not at all)."""
+    monkeypatch.setattr("fedunlearn_lib.experiment.load_dataset", lambda *a, **k: small_digits)
+    speedups = {}
+    for seed in (0, 1):
+        for cap in (6, 12):
+            cfg = ExperimentConfig.from_dict({
+                "dataset": "digits", "model": "resnet20", "forget": [9], "rounds": 3,
+                "retrain_rounds": cap, "finetune_rounds": 3,
+                "federation": {"num_clients": 10, "clients_per_round": 5, "batch_size": 16,
+                               "lr": 0.05, "lr_schedule": "constant", "seed": seed},
+                "unlearning": {"ratio": 0.1}})
+            m = run_experiment(cfg, tmp_path / f"s{seed}_cap{cap}", progress=False)
+            assert m["rounds_retrain"] is not None and m["rounds_retrain"] < cap
+            assert m["rounds_retrain_cap"] == cap
+            speedups[seed, cap] = m["speedup"] if m["speedup"] is not None else float("nan")
+    spread = abs(speedups[0, 6] - speedups[1, 6])
+    for seed in (0, 1):
+        assert abs(speedups[seed, 12] - speedups[seed, 6]) <= spread
+        assert speedups[seed, 12] == speedups[seed, 6]
+
+
+def test_a_target_met_before_any_round_counts_zero_rounds():
+    from fedunlearn_lib.experiment import speedup
+    from fedunlearn_lib.federated import rounds_for
+    hist = [{"round": 0, "r_acc": 0.9, "u_acc": 0.0}, {"round": 1, "r_acc": 0.95, "u_acc": 0.0}]
+    assert rounds_for(hist, 0.8) == 0
+    assert speedup(12, 0) == float("inf") and speedup(12, 4) == 3.0
+    assert speedup(None, 3) is None and speedup(12, None) is None

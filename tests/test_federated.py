@@ -252,12 +252,27 @@ def test_decisions_read_the_validation_split_when_there_is_one(small_digits):
 def test_cosine_schedule_with_warmup_over_a_runs_rounds():
     cfg = FedConfig(lr=0.1, lr_schedule="cosine", warmup_rounds=2)
     lrs = [cfg.lr_at(r, 10) for r in range(1, 11)]
-    assert lrs[:3] == pytest.approx([0.05, 0.1, 0.1])  # warm-up, then the cosine's start
+    assert lrs[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])  # warm-up, the cosine's start
     assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and 0 < lrs[-1] < 0.01
     assert cfg.lr_at(7, None) == 0.1  # no horizon (fine-tuning): constant
     assert FedConfig(lr=0.1, lr_schedule="constant").lr_at(9, 10) == 0.1
     with pytest.raises(ValueError, match="'step'"):
         FedConfig(lr_schedule="step").validate()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_one_warmup_round_warms_up(schedule, small_digits):
+    """warmup_rounds=1 runs round 1 below the full rate (it used to be lr itself, a no-op),
+    and the round's training uses that rate."""
+    cfg = FedConfig(num_clients=10, clients_per_round=2, lr=0.1, lr_schedule=schedule,
+                    warmup_rounds=1)
+    assert cfg.lr_at(1, 10) == pytest.approx(0.05) and cfg.lr_at(2, 10) == pytest.approx(0.1)
+    fed = Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
+                     lr_rounds=10)
+    assert fed.round_config(1).lr == pytest.approx(0.05)
+    without = Federation(build_model("resnet20", 10), small_digits,
+                         replace(cfg, warmup_rounds=0), progress=False, lr_rounds=10)
+    assert without.round_config(1).lr == pytest.approx(0.1)
 
 
 def test_pretraining_follows_the_schedule_and_records_its_horizon(small_digits, tmp_path):
@@ -270,3 +285,21 @@ def test_pretraining_follows_the_schedule_and_records_its_horizon(small_digits, 
     with pytest.raises(ValueError, match="lr_rounds"):
         Federation(build_model("resnet20", 10), small_digits, cfg, progress=False,
                    lr_rounds=8, checkpoint=tmp_path / "c.pt")
+
+
+def test_rounds_are_evaluated_on_validation_and_reported_rounds_on_test(small_digits):
+    """With a validation split every round records validation accuracy; the test split is
+    evaluated in round 0, in the paper's stop round and in the last round only."""
+    data = small_digits.with_validation(0.5, seed=0)
+    cfg = FedConfig(num_clients=10, clients_per_round=5, lr=0.05, batch_size=16)
+    fed = Federation(build_model("resnet20", 10), data, cfg, forget=[9], exclude=[9],
+                     progress=False)
+    res = fed.train_until(0.0, 3)  # met in round 0: nothing to train
+    assert res.rounds_to_target == 0 and res.rounds_run == 0
+    target = 0.3
+    res = fed.train_until(target, 4, max_u=-1.0)  # the strict rule never holds: 4 rounds
+    hist = res.history
+    assert all("val_r_acc" in h for h in hist)
+    tested = [h["round"] for h in hist if "r_acc" in h]
+    paper = res.rounds_to_target
+    assert tested == sorted({0, 4} | ({paper} if paper else set()))

@@ -9,15 +9,17 @@ from fedunlearn_lib.report import (accuracy_curves, jobs_table, load_metrics, me
                                    training_table, write_table)
 
 
-def _metrics(speedup=7.25):
+def _metrics(speedup=7.25, rounds_finetune=2):
     hist = [{"round": r, "loss": None, "u_acc": 0.0, "r_acc": 0.1 * r} for r in range(4)]
     acc = {"u_acc": 0.5, "r_acc": 0.25}
-    return {"raw": acc, "pruned": acc, "finetuned": acc, "retrained": {"u_acc": 0.0,
-                                                                       "r_acc": 0.3},
-            "rounds_finetune": 2, "rounds_retrain": 3, "speedup": speedup,
+    return {"raw": acc, "pruned": acc, "pruned_bn": acc, "finetuned_at_rule": acc,
+            "finetuned": acc, "retrained": {"u_acc": 0.0, "r_acc": 0.3},
+            "rounds_finetune": rounds_finetune, "rounds_finetune_strict": rounds_finetune,
+            "rounds_retrain": 3, "rounds_retrain_strict": 3, "rounds_retrain_cap": 6,
+            "speedup": speedup, "speedup_strict": speedup, "recipe_ratio": None,
             "history": {"finetune": hist, "retrain": hist, "pretrain": hist},
             "config": {"dataset": "digits", "model": "resnet20", "forget": [0, 9],
-                       "federation": {"q": 0.1, "seed": 0},
+                       "rounds": 4, "federation": {"q": 0.1, "seed": 0},
                        "unlearning": {"direction": "highest"}}}
 
 
@@ -28,6 +30,7 @@ def test_table2_has_one_row_per_run_in_percent(tmp_path):
     t = table2_runs(runs + [{**_metrics(None), "path": "x"}])
     assert list(t["forget"]) == ["0,9", "0,9"]
     assert t.loc[0, "raw U"] == 50.0 and t.loc[0, "retrained R"] == 30.0
+    assert t.loc[0, "pruned BN re-est. U"] == 50.0 and t.loc[0, "at paper stop R"] == 25.0
     assert t.loc[0, "speedup"] == 7.25 and t["speedup"].isna().iloc[1]
     assert t.loc[0, "U by fine-tuning round"] == "0 0 0 0"
     written = write_table(t, tmp_path / "table2")
@@ -64,13 +67,17 @@ def test_training_table_has_one_row_per_checkpoint_and_the_gap_to_the_target(tmp
 
 
 def test_table2_gives_mean_sd_and_n_over_seeds():
-    runs = [_metrics(4.0), _metrics(6.0), _metrics(None)]
+    runs = [_metrics(1.5, 2), _metrics(inf := float("inf"), 0), _metrics(None, None)]
     runs[1]["config"] = {**runs[1]["config"], "federation": {"q": 0.1, "seed": 1}}
     runs[2]["retrained"] = {"u_acc": 0.0, "r_acc": 0.9}  # seed 0 again: not a third value
+    assert inf == float("inf")
     t = table2(runs)
     assert len(t) == 1 and t.loc[0, "n"] == 3 and t.loc[0, "seeds"] == 2
-    assert t.loc[0, "speedup"] == "5.00 ± 1.41"  # the run without a speedup is left out
-    assert t.loc[0, "no target (paper / strict)"] == "0 / 3"
+    # a run met at round 0 counts 0 rounds; the one that never met it is left out:
+    # mean retraining rounds 3 over mean fine-tuning rounds (2 + 0) / 2 = 1
+    assert t.loc[0, "rounds fine-tune"] == "1.00 ± 1.41"
+    assert t.loc[0, "speedup (ratio of means)"] == 3.0
+    assert t.loc[0, "no target (paper / strict)"] == "1 / 1"
     # the pretrained and retrained models: one value per pretraining seed
     assert t.loc[0, "raw U"] == "50.00 ± 0.00" and t.loc[0, "retrained R"] == "30.00 ± 0.00"
 
@@ -123,3 +130,11 @@ def test_jobs_table_sums_the_benchmark_records(tmp_path):
     assert list(jobs["rule"])[:2] == ["kl_distribution", "pretrain"]
     assert jobs["seconds"].iloc[-1] == pytest.approx(90.5)
     assert jobs["hours"].iloc[-1] == pytest.approx(90.5 / 3600, abs=1e-3)
+
+
+def test_ratio_of_means_keeps_a_run_met_at_round_zero():
+    import pandas as pd
+    from fedunlearn_lib.report import ratio_of_means
+    assert ratio_of_means(pd.Series([10, 12]), pd.Series([0, 2])) == 11.0  # 11 / 1
+    assert ratio_of_means(pd.Series([10, 12]), pd.Series([0, 0])) == float("inf")
+    assert ratio_of_means(pd.Series([10, None]), pd.Series([None, 2])) is None
