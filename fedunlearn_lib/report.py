@@ -195,14 +195,18 @@ def training_runs(runs: list[dict]) -> list[dict]:
             out.append({**{k: lab[k] for k in ("dataset", "model", "q", "seed")},
                         "forget": "–" if phase == "pretrain" else lab["forget"],
                         "phase": phase, "train images": data, "history": hist,
-                        "seconds per round": per_round})
+                        "seconds per round": per_round,
+                        "target round": run.get("rounds_retrain") if phase == "retrain" else None,
+                        "cap": run.get("rounds_retrain_cap") if phase == "retrain" else None})
     return out
 
 
 def training_table(runs: list[dict], targets: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per pretraining and retraining behind ``runs``: rounds, final R-set accuracy
     (%) on validation and test data and, where ``targets`` names the model, the target (%)
-    and how far the final test accuracy lies below it (a negative gap: above)."""
+    and how far the final test accuracy lies below it (a negative gap: above); for a
+    retraining also the round it reached the unlearning target in, its cap, and whether
+    that came before 80% of the cap (a cap that does not bind)."""
     targets = targets or {}
     rows = []
     for t in training_runs(runs):
@@ -215,6 +219,10 @@ def training_table(runs: list[dict], targets: Mapping[str, float] | None = None)
         target = targets.get(t["model"])
         row["target"] = target
         row["gap"] = None if target is None else round(target - row["R test"], 2)
+        reached, cap = t["target round"], t["cap"]
+        row.update({"target round": reached, "cap": cap,
+                    "before 80% of cap": None if cap is None else
+                    reached is not None and reached < 0.8 * cap})
         rows.append(row)
     return pd.DataFrame(rows)
 

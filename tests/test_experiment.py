@@ -138,28 +138,30 @@ def test_yaml_config_and_unknown_keys(tmp_path):
         ExperimentConfig.from_dict({"lr": 0.1})
 
 
-def test_speedup_is_not_pinned_to_the_retraining_cap(small_digits, tmp_path, monkeypatch):
-    """The paper's protocol at the smoke scale (constant rate, target fixed from the raw
-    model): retraining reaches the target before its cap, and doubling the cap changes the
-    speedup by less than its spread over seeds (with a constant rate, not at all)."""
-    monkeypatch.setattr("fedunlearn_lib.experiment.load_dataset", lambda *a, **k: small_digits)
-    speedups = {}
+def test_speedup_is_not_pinned_to_the_retraining_cap(small_digits, tmp_path):
+    """The paper's protocol (constant rate, a target fixed before the run): retraining
+    reaches the target before 80% of its cap, and doubling the cap changes its rounds, and
+    so the speedup, by less than their spread over seeds (here not at all: the cap only
+    stops a retraining that has not got there). With a cosine schedule over the cap the
+    rounds would follow the cap."""
+    from fedunlearn_lib.experiment import retrain
+    rounds = {}
     for seed in (0, 1):
-        for cap in (6, 12):
+        for cap in (15, 30):
             cfg = ExperimentConfig.from_dict({
-                "dataset": "digits", "model": "resnet20", "forget": [9], "rounds": 3,
-                "retrain_rounds": cap, "finetune_rounds": 3,
+                "dataset": "digits", "model": "resnet20", "forget": [9], "rounds": 15,
+                "retrain_rounds": cap,
                 "federation": {"num_clients": 10, "clients_per_round": 5, "batch_size": 16,
-                               "lr": 0.05, "lr_schedule": "constant", "seed": seed},
-                "unlearning": {"ratio": 0.1}})
-            m = run_experiment(cfg, tmp_path / f"s{seed}_cap{cap}", progress=False)
-            assert m["rounds_retrain"] is not None and m["rounds_retrain"] < cap
-            assert m["rounds_retrain_cap"] == cap
-            speedups[seed, cap] = m["speedup"] if m["speedup"] is not None else float("nan")
-    spread = abs(speedups[0, 6] - speedups[1, 6])
+                               "lr": 0.1, "lr_schedule": "constant", "seed": seed}})
+            fed, result = retrain(cfg, small_digits, tmp_path / f"r{seed}_{cap}.pt", 0.2,
+                                  progress=False)
+            assert result.rounds_to_target is not None and 1 <= result.rounds_to_target
+            assert result.rounds_to_target < 0.8 * cap and fed.round < cap
+            rounds[seed, cap] = result.rounds_to_target
+    spread = abs(rounds[0, 15] - rounds[1, 15])
     for seed in (0, 1):
-        assert abs(speedups[seed, 12] - speedups[seed, 6]) <= spread
-        assert speedups[seed, 12] == speedups[seed, 6]
+        assert abs(rounds[seed, 30] - rounds[seed, 15]) <= spread
+        assert rounds[seed, 30] == rounds[seed, 15]
 
 
 def test_a_target_met_before_any_round_counts_zero_rounds():
