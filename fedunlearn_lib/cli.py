@@ -168,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        "rounds_finetune_strict", "rounds_retrain",
                                        "rounds_retrain_strict", "speedup", "speedup_strict")}
     print(json.dumps(summary, indent=2))
+    if metrics["rounds_retrain"] is None:
+        print(f"note: retraining did not reach the target within {metrics['rounds_retrain_cap']} "
+              f"rounds (retrain_rounds), so there is no speedup; see speedup_definition in "
+              f"metrics.json")
     if metrics["decisions_share_test_split"]:
         print("note: no validation split (--val-fraction 0): the target and the stop rules "
               "were decided on the test split the numbers above report")

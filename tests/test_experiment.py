@@ -34,15 +34,23 @@ def test_end_to_end_on_digits_forgets_and_recovers(e2e):
     # a validation split (the library's default) both decide on the test split, and say so
     assert m["decisions_share_test_split"] and m["decided_on"] == "r_acc"
     assert m["target_r_acc"] == pytest.approx(m["raw"]["r_acc"] - 0.01)
-    assert 1 <= m["rounds_retrain"] <= m["rounds_retrain_cap"]
-    assert m["retrained"]["r_acc"] >= m["target_r_acc"]
+    # the library's default cosine schedule anneals retraining over `rounds`: where it ends
+    # short of the target (95.8% against 96.3% on the AVX2 EPYC) there is no speedup, and
+    # metrics.json says so rather than counting the cap
+    if m["rounds_retrain"] is None:
+        assert m["retrained"]["r_acc"] < m["target_r_acc"] and m["speedup"] is None
+        assert m["rounds_retrain_run"] == m["rounds_retrain_cap"]
+    else:
+        assert 1 <= m["rounds_retrain"] <= m["rounds_retrain_cap"]
+        assert m["retrained"]["r_acc"] >= m["target_r_acc"]
+        assert m["speedup_strict"] == pytest.approx(m["rounds_retrain_strict"]
+                                                    / m["rounds_finetune_strict"])
+    assert "cosine" in m["speedup_definition"]
     # fine-tuning meets the strict rule: R-set at the target with the U-set forgotten
     assert m["rounds_finetune"] <= m["rounds_finetune_strict"] <= m["rounds_finetune_cap"]
     assert m["finetuned"]["u_acc"] <= m["config"]["strict_u"]
     assert m["finetuned"]["r_acc"] >= m["target_r_acc"]
     assert m["finetuned_at_rule"]["r_acc"] >= m["target_r_acc"]
-    assert m["speedup_strict"] == pytest.approx(m["rounds_retrain_strict"]
-                                                / m["rounds_finetune_strict"])
     assert "target_r_acc" in m["speedup_definition"]
     assert m["config"]["forget"] == [9] and m["config"]["unlearning"]["ratio"] == 0.05
 
