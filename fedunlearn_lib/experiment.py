@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -42,7 +43,10 @@ class ExperimentConfig:
     retrain_rounds: int | None = None  # cap on retraining, which stops at the first round
     # meeting the target (the paper's "rounds to the target"); None = rounds
     finetune_rounds: int | None = None  # None = rounds
-    finetune_lr: float | None = None  # constant fine-tuning lr; None = federation.lr
+    finetune_lr: float | None = None  # constant fine-tuning lr; None = federation.lr, or
+    # the rate select_finetune_lr chooses among finetune_lr_candidates when there are any
+    finetune_lr_candidates: list[float] = field(default_factory=list)
+    finetune_lr_tolerance: float = 0.01  # R-set accuracy a candidate may lose to the best
     target_r_acc: float | None = None  # None = the raw model's R-set accuracy on the
     # decision split minus target_margin, fixed before retraining and fine-tuning run
     target_margin: float = 0.01
@@ -77,6 +81,14 @@ class ExperimentConfig:
             raw[key] = value
         if isinstance(raw.get("forget"), (int, str)):
             raw["forget"] = parse_classes(raw["forget"])
+        rates = raw.get("finetune_lr_candidates")
+        if isinstance(rates, (int, float, str)):  # a flag or run-config value: "0.1,0.03"
+            try:
+                raw["finetune_lr_candidates"] = [float(v) for v in str(rates).split(",")
+                                                 if v.strip()]
+            except ValueError:
+                raise ValueError(f"finetune_lr_candidates must be rates like 0.1,0.03, got "
+                                 f"{rates!r}") from None
         return cls(**raw)
 
     def uses_channels_last(self) -> bool:
@@ -123,6 +135,12 @@ class ExperimentConfig:
             raise ValueError(f"strict_u must lie in [0, 1], got {self.strict_u}")
         if self.finetune_lr is not None and self.finetune_lr <= 0:
             raise ValueError(f"finetune_lr must be > 0 or None, got {self.finetune_lr}")
+        bad_lr = [lr for lr in self.finetune_lr_candidates if not lr > 0]
+        if bad_lr:
+            raise ValueError(f"finetune_lr_candidates must be > 0, got {bad_lr}")
+        if not 0.0 <= self.finetune_lr_tolerance < 1.0:
+            raise ValueError(f"finetune_lr_tolerance must lie in [0, 1), got "
+                             f"{self.finetune_lr_tolerance}")
         if self.target_r_acc is not None and not 0.0 < self.target_r_acc <= 1.0:
             raise ValueError(f"target_r_acc must lie in (0, 1], got {self.target_r_acc}")
         if self.dataset != "digits" and (self.data_root is None
@@ -252,6 +270,56 @@ def finetune_config(cfg: ExperimentConfig) -> FedConfig:
                    seed=stream_seed(cfg.federation.seed, cfg.unlearning.seed))
 
 
+def select_finetune_lr(cfg: ExperimentConfig, data: ImageData, pretrained: Federation,
+                       progress: bool = True, remote: Remote | None = None) -> dict:
+    """Fine-tuning's rate, chosen on the decision split before any arm runs: the raw model
+    (no channel pruned: the ``none`` arm, which every arm shares as its starting point) is
+    fine-tuned for the full ``finetune_rounds`` at each of ``cfg.finetune_lr_candidates``
+    with the unlearning seed's draws; the largest rate whose final R-set accuracy lies
+    within ``cfg.finetune_lr_tolerance`` of the best candidate's is chosen, for every arm.
+    Returns the choice, the rule and each candidate's final accuracies."""
+    if not cfg.finetune_lr_candidates:
+        raise ValueError("select_finetune_lr needs finetune_lr_candidates, got none")
+    key = pretrained.decision_key
+    tried = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for lr in sorted(set(cfg.finetune_lr_candidates), reverse=True):
+            ft, _ = finetune(replace(cfg, finetune_lr=lr), data,
+                             copy.deepcopy(pretrained.model), None, Path(tmp) / f"{lr}.pt",
+                             None, progress=progress, desc=f"fine-tune at lr {lr}",
+                             remote=remote)
+            last = ft.history[-1]
+            tried.append({"lr": lr, "rounds": ft.round, key: last[key],
+                          key.replace("r_acc", "u_acc"): last[key.replace("r_acc", "u_acc")]})
+    best = max(t[key] for t in tried)
+    chosen = max(t["lr"] for t in tried if t[key] >= best - cfg.finetune_lr_tolerance)
+    return {"finetune_lr": chosen, "candidates": tried, "decided_on": key,
+            "unlearning_seed": cfg.unlearning.seed,
+            "rule": f"the largest rate whose R-set accuracy ({key}) after fine-tuning the "
+                    f"unpruned raw model for {cfg.finetune_rounds or cfg.rounds} rounds lies "
+                    f"within {cfg.finetune_lr_tolerance} of the best candidate's"}
+
+
+def finetune_rate(cfg: ExperimentConfig, data: ImageData, pretrained: Federation,
+                  path: Path, progress: bool = True, remote: Remote | None = None) -> dict:
+    """``select_finetune_lr``'s choice, read from ``path`` when it was made for the same
+    candidates, tolerance, rounds and pretrained weights, else made and written there (the
+    workflow makes it once per pretraining, with unlearning seed 0's draws, for every arm
+    and unlearning seed)."""
+    key = {"candidates": sorted(set(cfg.finetune_lr_candidates), reverse=True),
+           "tolerance": cfg.finetune_lr_tolerance, "rounds": cfg.finetune_rounds or cfg.rounds,
+           "pretrained_weights": state_digest(pretrained.model)}
+    if path.exists():
+        chosen = json.loads(path.read_text())
+        if chosen.get("identity") != key:
+            raise ValueError(f"{path} was chosen for {chosen.get('identity')}, not for this "
+                             f"run's {key}: delete it or pass the matching file")
+        return chosen
+    chosen = {**select_finetune_lr(cfg, data, pretrained, progress, remote), "identity": key}
+    atomic_write_json(chosen, path)
+    return chosen
+
+
 def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | None:
     """Retraining rounds over fine-tuning rounds: ``None`` when either never reached the
     target, ``inf`` when fine-tuning needed no round (the pruned model already met it)."""
@@ -331,7 +399,8 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool = True,
                    pretrained: str | os.PathLike | None = None,
                    retrained: str | os.PathLike | None = None,
-                   remote: Remote | None = None) -> dict:
+                   remote: Remote | None = None,
+                   rate: str | os.PathLike | None = None) -> dict:
     """Pretrain, unlearn, fine-tune and retrain; write and return ``out/metrics.json``.
 
     The target is fixed from the raw model (``target_of``); retraining and fine-tuning stop
@@ -344,7 +413,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
     Every phase checkpoints into ``out``, so an interrupted run resumes where it stopped.
     ``pretrained`` names a finished pretraining checkpoint to use instead of
     ``out/pretrain.pt`` (it is read, never written, when it is complete); ``retrained``
-    likewise names a retraining checkpoint instead of ``out/retrain.pt``. With ``remote``
+    likewise names a retraining checkpoint instead of ``out/retrain.pt``, and ``rate`` a
+    ``finetune_rate`` file instead of ``out/finetune_rate.json`` (fine-tuning's rate, when
+    ``finetune_lr`` is None and there are ``finetune_lr_candidates``). With ``remote``
     every round trains on clients outside this process (the Flower app); this process
     keeps the data only for its test and validation splits.
     """
@@ -364,6 +435,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
                             target, progress, remote)
     retrained = re.final_scores()
 
+    selection = None
+    if cfg.finetune_lr is None and cfg.finetune_lr_candidates:
+        selection = finetune_rate(cfg, data, pre, Path(rate) if rate else
+                                  out / "finetune_rate.json", progress, remote)
+        cfg = replace(cfg, finetune_lr=selection["finetune_lr"])
     pruned = prune(cfg, pre, out)
     ft, result = finetune(cfg, data, pruned["model"], ChannelMask(pruned["mask"]),
                           out / "finetune.pt", target, progress=progress, remote=remote)
@@ -382,6 +458,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike, progress: bool
         else f"raw {decide} - {cfg.target_margin}",
         "decided_on": decide, "decisions_share_test_split": data.val_y is None,
         "speedup_definition": speedup_definition(cfg),
+        "finetune_lr": finetune_config(cfg).lr, "finetune_lr_selection": selection,
         "rounds_pretrain": pre.round,
         "rounds_finetune": result.rounds_to_target, "rounds_finetune_strict": result.rounds_strict,
         "rounds_finetune_run": result.rounds_run,

@@ -138,3 +138,31 @@ def paired_table(per_run: pd.DataFrame, columns: Sequence[str], arms: Sequence[s
                          f"{ci} (bootstrap)": _interval_text(r.boot_low, r.boot_high),
                          "verdict": r.verdict})
     return pd.DataFrame(rows)
+
+
+def sensitivity_table(chosen: pd.DataFrame, other: pd.DataFrame, columns: Sequence[str],
+                      arm: str = "tfidf-highest", baseline: str = "none") -> pd.DataFrame:
+    """Does the comparison of ``arm`` with ``baseline`` depend on fine-tuning's rate? One row
+    per measure: the mean paired difference (``arm`` minus ``baseline`` per seed and
+    unlearning seed) at the chosen rate (runs of ``chosen`` with the seeds that ``other``
+    ran) and at the other rate (``other``), and whether the two point the same way. The
+    rates come from the frames' "fine-tuning lr" column. With one pretraining seed there is
+    no interval: the differences are given pair by pair."""
+    seeds = set(other["seed"])
+    chosen = chosen[chosen["seed"].isin(seeds) & chosen["arm"].isin((arm, baseline))]
+    rows = []
+    for column in columns:
+        at = {}
+        for name, frame in (("chosen", chosen), ("other", other)):
+            diffs, _ = paired_differences(frame, column, arm, baseline)
+            rates = sorted(set(frame["fine-tuning lr"]))
+            at[name] = (", ".join(map(str, rates)), diffs["difference"])
+        signs = {float(np.sign(d.mean())) if len(d) else math.nan for _, d in at.values()}
+        rows.append({"measure": column, "arm": arm, "vs": baseline,
+                     **{f"{k} {name}": v for name, (rate, d) in at.items() for k, v in (
+                         ("lr", rate), ("pairs", len(d)),
+                         ("mean diff", round(d.mean(), 2) if len(d) else None),
+                         ("diffs", ", ".join(f"{x:.2f}" for x in d)))},
+                     "same direction": None if any(map(math.isnan, signs))
+                     else len(signs) == 1})
+    return pd.DataFrame(rows)

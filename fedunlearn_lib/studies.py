@@ -134,17 +134,15 @@ def closeness_columns(run: Run, model: nn.Module, mask: ChannelMask | None = Non
 
 
 # ------------------------------------------------------- the deciding comparison
-def decide_row(run: Run, relearn_rounds: int) -> dict:
-    """One run of the deciding comparison: its arm and seeds, rounds to the target under the
-    strict rule (the speed measure: R-set at the target and U-set <= strict_u on the
-    decision split) and the paper's (R-set only), U/R after pruning (as is and with
-    BatchNorm re-estimated on retained-class images), in the paper's stop round and after
-    the last round, relearn, probe and ``closeness``."""
-    m, cfg = run.metrics, run.cfg
-    ev = evidence(run, {"unlearned": run.unlearned}, relearn_rounds)["unlearned"]
+def speed_row(metrics: dict) -> dict:
+    """The columns of ``decide_row`` that a run's ``metrics.json`` holds (no model is
+    loaded): arm, seeds, fine-tuning's rate, rounds to the target under the strict and the
+    paper's rule, the retraining's, and U/R after pruning (as is and with BatchNorm
+    re-estimated), in the paper's stop round and after the last round."""
+    m, cfg = metrics, ExperimentConfig.from_dict(metrics["config"])
     at_rule = m["finetuned_at_rule"] or {}
     return {"arm": arm_of(cfg.unlearning), "seed": cfg.federation.seed,
-            "unlearning seed": cfg.unlearning.seed,
+            "unlearning seed": cfg.unlearning.seed, "fine-tuning lr": m.get("finetune_lr"),
             "pruned channels": m["channels"]["selected"],
             "rounds strict": m["rounds_finetune_strict"], "rounds paper": m["rounds_finetune"],
             "retrain rounds strict": m["rounds_retrain_strict"],
@@ -155,10 +153,17 @@ def decide_row(run: Run, relearn_rounds: int) -> dict:
             "pruned BN R": pct(m["pruned_bn"]["r_acc"]),
             "at paper stop U": pct(at_rule.get("u_acc")),
             "at paper stop R": pct(at_rule.get("r_acc")),
-            "final U": pct(m["finetuned"]["u_acc"]), "final R": pct(m["finetuned"]["r_acc"]),
-            **relearn_numbers(ev), "probe U": pct(ev["probe"]),
+            "final U": pct(m["finetuned"]["u_acc"]), "final R": pct(m["finetuned"]["r_acc"])}
+
+
+def decide_row(run: Run, relearn_rounds: int) -> dict:
+    """One run of the deciding comparison: ``speed_row`` (the strict rule, R-set at the
+    target and U-set <= strict_u on the decision split, is the speed measure), relearn,
+    probe and ``closeness``."""
+    ev = evidence(run, {"unlearned": run.unlearned}, relearn_rounds)["unlearned"]
+    return {**speed_row(run.metrics), **relearn_numbers(ev), "probe U": pct(ev["probe"]),
             **closeness(run, run.unlearned, run.mask),
-            "pruned U test histogram": np.array(m["pruned_predictions"]["u_test"])}
+            "pruned U test histogram": np.array(run.metrics["pruned_predictions"]["u_test"])}
 
 
 def retrained_row(run: Run, relearn_rounds: int) -> dict:

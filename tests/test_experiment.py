@@ -179,3 +179,46 @@ def test_a_target_met_before_any_round_counts_zero_rounds():
     assert rounds_for(hist, 0.8) == 0
     assert speedup(12, 0) == float("inf") and speedup(12, 4) == 3.0
     assert speedup(None, 3) is None and speedup(12, None) is None
+
+
+RATE_RUN = {"dataset": "digits", "model": "resnet20", "forget": [9], "rounds": 2,
+            "finetune_rounds": 2, "finetune_lr_candidates": [0.01, 0.1, 0.03],
+            "train_per_class": 30, "test_per_class": 10, "val_fraction": 0.5,
+            "federation": {"num_clients": 10, "clients_per_round": 5, "batch_size": 16,
+                           "lr_schedule": "constant"}}
+
+
+def test_finetuning_rate_is_chosen_on_validation_by_the_stated_rule(tmp_path):
+    """The largest candidate within the tolerance of the best validation R-set accuracy of
+    the unpruned raw model's fine-tuning; the run fine-tunes at it and says so; the choice
+    is kept beside the run and reused, and a choice made for other candidates is refused."""
+    cfg = ExperimentConfig.from_dict(RATE_RUN)
+    m = run_experiment(cfg, tmp_path, progress=False)
+    sel = m["finetune_lr_selection"]
+    assert sel["decided_on"] == "val_r_acc"
+    tried = {t["lr"]: t["val_r_acc"] for t in sel["candidates"]}
+    assert sorted(tried) == [0.01, 0.03, 0.1]
+    best = max(tried.values())
+    assert sel["finetune_lr"] == max(lr for lr, acc in tried.items()
+                                     if acc >= best - cfg.finetune_lr_tolerance)
+    assert m["finetune_lr"] == sel["finetune_lr"] == m["config"]["finetune_lr"]
+    assert json.loads((tmp_path / "finetune_rate.json").read_text())["finetune_lr"] \
+        == sel["finetune_lr"]
+    again = run_experiment(cfg, tmp_path, progress=False)  # reuses the choice
+    assert again["finetune_lr_selection"] == sel
+    other = ExperimentConfig.from_dict({**RATE_RUN, "finetune_lr_candidates": [0.2]})
+    with pytest.raises(ValueError, match="finetune_rate.json was chosen for"):
+        run_experiment(other, tmp_path, progress=False)
+
+
+def test_a_given_finetuning_rate_skips_the_choice_and_bad_rates_are_named(tmp_path):
+    cfg = ExperimentConfig.from_dict({**RATE_RUN, "finetune_lr": 0.02})
+    m = run_experiment(cfg, tmp_path, progress=False)
+    assert m["finetune_lr_selection"] is None and m["finetune_lr"] == 0.02
+    assert not (tmp_path / "finetune_rate.json").exists()
+    assert ExperimentConfig.from_dict({"finetune_lr_candidates": "0.1,0.03"}) \
+        .finetune_lr_candidates == [0.1, 0.03]
+    with pytest.raises(ValueError, match=r"finetune_lr_candidates must be > 0, got \[-0.1\]"):
+        ExperimentConfig.from_dict({"finetune_lr_candidates": [0.1, -0.1]}).validate()
+    with pytest.raises(ValueError, match="rates like 0.1,0.03, got 'fast'"):
+        ExperimentConfig.from_dict({"finetune_lr_candidates": "fast"})

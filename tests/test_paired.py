@@ -163,3 +163,22 @@ def test_paired_table_has_one_row_per_arm_and_measure():
     random = table.iloc[2]
     assert random["95% CI (t)"] == random["95% CI (bootstrap)"] == "[100.00, 100.00]"
     assert table.iloc[3]["mean diff"] == 0.0
+
+
+def test_sensitivity_table_compares_the_paired_difference_at_two_rates():
+    from fedunlearn_lib.paired import sensitivity_table
+    chosen = pd.DataFrame([
+        {"arm": a, "seed": s, "unlearning seed": u, "fine-tuning lr": 0.05, "final U": v}
+        for (a, s, u), v in {("none", 0, 0): 80.0, ("none", 0, 1): 70.0,
+                             ("tfidf-highest", 0, 0): 10.0, ("tfidf-highest", 0, 1): 20.0,
+                             ("none", 1, 0): 0.0, ("tfidf-highest", 1, 0): 99.0}.items()])
+    other = pd.DataFrame([
+        {"arm": a, "seed": 0, "unlearning seed": u, "fine-tuning lr": 0.01, "final U": v}
+        for (a, u), v in {("none", 0): 50.0, ("none", 1): 60.0, ("tfidf-highest", 0): 55.0,
+                          ("tfidf-highest", 1): 75.0}.items()])
+    row = sensitivity_table(chosen, other, ["final U"]).iloc[0]
+    # seed 1 ran only at the chosen rate: left out so that both rates cover the same pairs
+    assert row["pairs chosen"] == 2 and row["mean diff chosen"] == -60.0
+    assert row["diffs chosen"] == "-70.00, -50.00"
+    assert row["lr other"] == "0.01" and row["mean diff other"] == 10.0
+    assert bool(row["same direction"]) is False and row["same direction"] is not None
