@@ -6,12 +6,17 @@ one unlearning request (local procs + server proc) against one fine-tuning round
 time per round of a masked vs a physically pruned model, and peak memory of each. The
 last line is the summary:
 
-    fedavg/centralized=0.93 paper-scale=0.86 scoring/round=0.40 pruned/masked=0.97 channels-last/contiguous=1.20 bf16/fp32=2.00 bf16/fp32-eval=4.50
+    fedavg/centralized=0.93 paper-scale=0.86 scoring/round=0.40 pruned/masked=0.97 channels-last/contiguous=1.20 bf16/fp32=2.00 bf16/fp32-eval=4.50 fedsgd-batched/loop=1.10 fedavg-batched/loop=0.90
 
-(the last two: rounds and test-set evaluation with bfloat16 autocast against float32).
+(bf16/fp32 and bf16/fp32-eval: rounds and test-set evaluation with bfloat16 autocast against
+float32; fedsgd-batched/loop: images/s of a FedSGD round computed as one batch
+(``client_batching: batched``) over the sequential loop's, at the paper profile's round
+size, 25 clients x 500 images in minibatches of 64 (``--paper-per-round``,
+``--fedsgd-images``, ``--fedsgd-batch``); fedavg-batched/loop: the same for the quick
+profile's FedAvg round with the clients stacked and vmapped. > 1: batched is faster).
 
 Usage: python benchmarks/bench_sim.py [--model resnet20] [--batch-size 32] [--device cpu]
-       [--channels-last] [--precision fp32]
+       [--channels-last] [--precision fp32] [--fedsgd-images 500] [--fedsgd-batch 64]
 """
 from __future__ import annotations
 
@@ -121,6 +126,11 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds per measurement")
     ap.add_argument("--ratio", type=float, default=0.3, help="R for pruned vs masked")
+    ap.add_argument("--fedsgd-images", type=int, default=500,
+                    help="batched vs loop FedSGD: images per client (--paper-per-round "
+                         "clients; the paper profile: 25 x 500)")
+    ap.add_argument("--fedsgd-batch", type=int, default=64,
+                    help="batched vs loop FedSGD: minibatch (the paper profile's 64)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--channels-last", action="store_true",
@@ -183,6 +193,32 @@ def main() -> None:
     rows.append((f"FedAvg {args.paper_per_round}/{args.paper_clients} clients", paper_ips, None,
                  peak_memory_mb(device)))
 
+    # FedSGD at the paper profile's round size, as one batch and in the loop
+    per = args.fedsgd_images
+    sgd_data = synthetic_data(args.paper_per_round * per)
+    sgd_cfg = replace(quick, algorithm="fedsgd", num_clients=args.paper_per_round,
+                      clients_per_round=args.paper_per_round, batch_size=args.fedsgd_batch,
+                      local_epochs=1)
+    sgd_rate = {}
+    for batching in ("loop", "batched"):
+        reset_peak(device)
+        torch.manual_seed(0)
+        f = Federation(build_model(args.model, data.num_classes), sgd_data,
+                       replace(sgd_cfg, client_batching=batching), device=device,
+                       progress=False, channels_last=args.channels_last,
+                       partition=[torch.arange(c * per, (c + 1) * per)
+                                  for c in range(args.paper_per_round)])
+        sgd_rate[batching], _ = timed_rounds(f, args.rounds)
+        rows.append((f"FedSGD {args.paper_per_round}x{per}, {batching}", sgd_rate[batching],
+                     None, peak_memory_mb(device)))
+        del f
+
+    # the quick profile's FedAvg round with the clients stacked (vmap)
+    reset_peak(device)
+    vmapped_ips, _ = timed_rounds(fed(replace(quick, client_batching="batched")), args.rounds)
+    rows.append((f"FedAvg {args.per_round}/{args.clients}, batched", vmapped_ips, None,
+                 peak_memory_mb(device)))
+
     # one unlearning request at quick settings: local procs on one round's clients + server
     reset_peak(device)
     base = fed(quick)
@@ -225,7 +261,9 @@ def main() -> None:
           f"scoring/round={t_score / t_round:.2f} pruned/masked={t_pruned / t_masked:.2f} "
           f"channels-last/contiguous={last / contiguous:.2f} "
           f"bf16/fp32={train_rate['bf16'] / train_rate['fp32']:.2f} "
-          f"bf16/fp32-eval={eval_rate['bf16'] / eval_rate['fp32']:.2f}")
+          f"bf16/fp32-eval={eval_rate['bf16'] / eval_rate['fp32']:.2f} "
+          f"fedsgd-batched/loop={sgd_rate['batched'] / sgd_rate['loop']:.2f} "
+          f"fedavg-batched/loop={vmapped_ips / quick_ips:.2f}")
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ _CIFAR = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
                     test=["test_batch"], meta="batches.meta", names="label_names",
                     labels="labels", archive="cifar-10-python.tar.gz",
+                    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
                      names="fine_label_names", labels="fine_labels",
                      archive="cifar-100-python.tar.gz",
+                     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
 }
 
@@ -160,12 +162,36 @@ def _read_cifar_pickles(key: str, root: Path) -> ImageData:
 
 
 def _load_cifar(key: str, root: Path, download: bool) -> ImageData:
-    spec = _CIFAR[key]
-    if not (root / spec["folder"]).is_dir():
+    if not cifar_present(key, root):
         if not download:
-            raise FileNotFoundError(
-                f"{key}: no {spec['folder']}/ under {root}; put {spec['archive']} (or the "
-                f"extracted {spec['folder']}/ folder) there, or pass another data root")
+            raise FileNotFoundError(f"{key}: no {_CIFAR[key]['folder']}/ under {root}; "
+                                    f"{where_to_put(key, root)}, or pass another data root")
+        fetch_cifar(key, root)
+    return _read_cifar_pickles(key, root)
+
+
+def cifar_present(key: str, root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds the extracted official pickles of ``key`` (cifar10 or
+    cifar100) that ``load_dataset`` reads."""
+    spec = _CIFAR[key]
+    base = Path(root) / spec["folder"]
+    return all((base / f).is_file() for f in [*spec["train"], *spec["test"], spec["meta"]])
+
+
+def where_to_put(key: str, root: str | os.PathLike) -> str:
+    """What to put where when ``key`` (cifar10 or cifar100) cannot be downloaded."""
+    spec = _CIFAR[key]
+    return (f"put {spec['archive']} (the official archive, {spec['url']}) or its extracted "
+            f"{spec['folder']}/ folder in {root}")
+
+
+def fetch_cifar(key: str, root: str | os.PathLike) -> Path:
+    """Put ``key`` (cifar10 or cifar100) under ``root`` as ``load_dataset`` reads it,
+    creating ``root``: torchvision extracts the official archive when it lies in ``root``
+    already and downloads it there otherwise, checking its md5 either way. Returns the
+    folder; raises ``RuntimeError`` saying what to put where when that fails (no network)."""
+    spec, root = _CIFAR[key], Path(root)
+    if not cifar_present(key, root):
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
@@ -173,10 +199,13 @@ def _load_cifar(key: str, root: Path, download: bool) -> ImageData:
             cls(str(root), train=True, download=True)
         except Exception as err:  # network errors come in many types
             raise RuntimeError(
-                f"{key}: download into {root} failed ({err}). Without network, put "
-                f"{spec['archive']} or the extracted {spec['folder']}/ folder in {root}, "
-                f"or pass the data root that holds it") from err
-    return _read_cifar_pickles(key, root)
+                f"{key}: download into {root} failed ({type(err).__name__}: {err}). Without "
+                f"network, {where_to_put(key, root)}, or pass the data root that holds it"
+            ) from err
+        if not cifar_present(key, root):
+            raise RuntimeError(f"{key}: after the download {root} still lacks "
+                               f"{spec['folder']}/; {where_to_put(key, root)}")
+    return root / spec["folder"]
 
 
 def _load_imagefolder(root: Path, cache_dir: str | os.PathLike | None) -> ImageData:
@@ -313,6 +342,15 @@ class BatchTransform:
         return out.contiguous(memory_format=self.memory_format)
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t.to(device)``; a host tensor bound for a GPU goes through pinned memory without
+    blocking (a copy from pageable memory waits for the GPU's queue to drain, every step)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
                      padding: int = 4, flip: bool = True) -> torch.Tensor:
     """Random crop after zero padding plus (with ``flip``) a random horizontal flip, for a
@@ -320,9 +358,11 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None = None,
     n, _, h, w = x.shape
     dev = x.device
     gen_dev = generator.device if generator is not None else torch.device("cpu")
-    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=gen_dev).to(dev)
-    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=gen_dev).to(dev)
-    mirror = torch.rand(n, generator=generator, device=gen_dev).to(dev) < 0.5 if flip \
+    oy = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator,
+                                 device=gen_dev), dev)
+    ox = to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator,
+                                 device=gen_dev), dev)
+    mirror = to_device(torch.rand(n, generator=generator, device=gen_dev), dev) < 0.5 if flip \
         else torch.zeros(n, dtype=torch.bool, device=dev)
     xp = F.pad(x, (padding,) * 4)
     rows = oy[:, None] + torch.arange(h, device=dev)  # n,h

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import BatchTransform, ImageData
+from .data import BatchTransform, ImageData, to_device
 from .io import (atomic_torch_save, check_identity, check_weights, digest, load_blob,
                  state_digest)
 from .masking import ChannelMask
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 ALGORITHMS = ("fedavg", "fedsgd")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
+CLIENT_BATCHINGS = ("loop", "batched")
+# FedConfig fields that say how a round is computed, not what it computes (like the device):
+# left out of a federation checkpoint's identity, so either may resume the other's run
+PLACEMENT_FIELDS = ("client_batching",)
 
 
 @dataclass
@@ -54,7 +58,9 @@ class FedConfig:
     checkpoint_every: int = 10
     precision: str = "fp32"  # "bf16": autocast to bfloat16 in training and evaluation;
     # "auto": bf16 where the device computes it natively, else fp32 (native_bf16)
-
+    client_batching: str = "loop"  # "loop": one client (and minibatch) after another;
+    # "batched": FedSGD's round as one pass with BatchNorm per client minibatch, FedAvg's
+    # clients stacked and vmapped (batched.py); the same numbers within float tolerance
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -78,6 +84,9 @@ class FedConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of "
                              f"{', '.join(PRECISIONS)}")
+        if self.client_batching not in CLIENT_BATCHINGS:
+            raise ValueError(f"unknown client_batching {self.client_batching!r}; choose one "
+                             f"of {', '.join(CLIENT_BATCHINGS)}")
 
     def lr_at(self, rnd: int, lr_rounds: int | None) -> float:
         """The learning rate of round ``rnd`` (1-based) of a training run of ``lr_rounds``
@@ -94,6 +103,12 @@ class FedConfig:
         span = max(lr_rounds - self.warmup_rounds, 1)
         done = min(rnd - 1 - self.warmup_rounds, span)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * done / span))
+
+
+def identity_fields(cfg: FedConfig) -> dict:
+    """``cfg`` as a checkpoint's identity records it: ``asdict`` less ``PLACEMENT_FIELDS``
+    (so a field of those added with its default changes no recorded identity)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT_FIELDS}
 
 
 @dataclass
@@ -174,7 +189,7 @@ class Federation:
         self.history: list[dict] = []
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.identity = None if self.checkpoint is None else {
-            **(identity or {}), "federation": asdict(cfg), "data": data.fingerprint,
+            **(identity or {}), "federation": identity_fields(cfg), "data": data.fingerprint,
             "exclude": self.exclude, "mask": self.mask.state(),
             "partition": None if partition is None else digest(partition),
             "lr_rounds": lr_rounds,
@@ -210,6 +225,10 @@ class Federation:
             loss = self.remote.train_round(self, sampled, rnd)
         elif not chosen:
             loss = float("nan")
+        elif self.cfg.client_batching == "batched":
+            from .batched import fedavg_round, fedsgd_round
+            loss = (fedavg_round if self.cfg.algorithm == "fedavg" else fedsgd_round)(
+                self, chosen, rnd)
         elif self.cfg.algorithm == "fedavg":
             loss = self._fedavg_round(chosen, rnd)
         else:
@@ -420,7 +439,7 @@ def batches(n: int, batch_size: int, g: torch.Generator, device: torch.device,
     """Index batches over ``n`` samples in the order ``g`` draws, skipping any batch of
     one sample (BatchNorm needs two in training mode)."""
     order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-    order = order.to(device)
+    order = to_device(order, device)
     for s in range(0, n, batch_size):
         idx = order[s:s + batch_size]
         if len(idx) >= 2:

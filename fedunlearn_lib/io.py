@@ -111,3 +111,15 @@ def check_identity(path: str | os.PathLike, ours: Mapping[str, Any],
     if diff:
         raise ValueError(f"{path} was computed under another configuration ("
                          + "; ".join(diff) + "); delete it or use another output folder")
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The repository root: the nearest folder at or above ``start`` (default: the working
+    directory) that holds the workflow's ``Snakefile``; ``start`` itself when none does.
+
+    The notebooks call it first and change into it, so that the paths they are given
+    (``data``, ``results/<profile>/...``, ``figures/quick``) mean the same under papermill,
+    which the workflow runs in the root, and under JupyterLab or nbval, whose kernels start
+    in ``notebooks/``."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    return next((p for p in (here, *here.parents) if (p / "Snakefile").is_file()), here)

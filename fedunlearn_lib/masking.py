@@ -18,6 +18,16 @@ class ChannelMask:
     def __init__(self, channels: dict[str, list[int]] | None = None) -> None:
         self.channels: dict[str, list[int]] = {
             k: sorted(set(int(i) for i in v)) for k, v in (channels or {}).items() if len(v)}
+        self._index: dict[tuple[str, torch.device], torch.Tensor] = {}  # per layer, device
+
+    def index(self, name: str, device: torch.device) -> torch.Tensor:
+        """Layer ``name``'s masked channels as an index tensor on ``device``, made once:
+        ``apply`` runs after every local step, and a fresh host-to-GPU copy each time
+        would wait for the GPU's queue to drain."""
+        key = (name, torch.device(device))
+        if key not in self._index:
+            self._index[key] = torch.tensor(self.channels[name], device=device)
+        return self._index[key]
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.channels.values())
@@ -47,7 +57,7 @@ class ChannelMask:
             tensors = [conv.weight] + ([conv.bias] if conv.bias is not None else [])
             if bn is not None:
                 tensors += [bn.weight, bn.bias]
-            targets.append((tensors, torch.tensor(idx, device=conv.weight.device)))
+            targets.append((tensors, self.index(name, conv.weight.device)))
         return targets
 
     @torch.no_grad()

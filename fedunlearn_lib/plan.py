@@ -35,15 +35,20 @@ rounds, no stop rule ends it early):
 * pretrain: pretraining at ``rounds``. retrain: retraining at ``retrain_rounds`` (None =
   ``rounds``) on N_R, plus T in the paper's stop round (with a validation split); its
   target is read from the pretraining's history.
-* unlearn (notebook 03, ``run_experiment`` on a finished pretraining and retraining; the
-  raw, retrained and fine-tuned scores are read from the histories): the unlearning
-  request (per forgotten class: with TF-IDF scores, the local procs of ``score_clients``
-  (None = clients_per_round) participants over min(``score_samples``, N / num_clients)
-  images each, then the test split after that class's pruning, T); scores after pruning,
-  the pruned model's U-set test predictions (T_U), the BatchNorm re-estimation over
-  min(5,000, N_R) retained images (a forward each), scores after it; fine-tuning at
-  ``finetune_rounds`` (None = ``rounds``) on N_R with its evaluation, plus T in the
-  paper's stop round (with a validation split).
+* finetune_rate (notebook 12, ``experiment.finetune_rate``; one job per pretraining and
+  forget set whose runs choose fine-tuning's rate: ``finetune_lr_candidates`` and no
+  ``finetune_lr``): per candidate rate, fine-tuning of the unpruned raw model at
+  ``finetune_rounds`` (None = ``rounds``) on N_R with its evaluation; no pruning, and no
+  stop round (it runs without a target).
+* unlearn (notebook 03, ``run_experiment`` on a finished pretraining and retraining, and
+  the chosen rate when there is one; the raw, retrained and fine-tuned scores are read
+  from the histories): the unlearning request (per forgotten class: with TF-IDF scores,
+  the local procs of ``score_clients`` (None = clients_per_round) participants over
+  min(``score_samples``, N / num_clients) images each, then the test split after that
+  class's pruning, T); scores after pruning, the pruned model's U-set test predictions
+  (T_U), the BatchNorm re-estimation over min(5,000, N_R) retained images (a forward
+  each), scores after it; fine-tuning at ``finetune_rounds`` (None = ``rounds``) on N_R
+  with its evaluation, plus T in the paper's stop round (with a validation split).
 * Study building blocks: *evidence* (``evidence.information_left``) of one model =
   relearning at the study's ``relearn_rounds`` B on N (its evaluation as a training run's,
   plus T once more after round 1 when there is a validation split and B > 1) and the
@@ -78,7 +83,9 @@ rounds, no stop rule ends it early):
     as a training run) and T.
   - decide (11): per run evidence and closeness of the unlearned model; per pretraining
     seed evidence and bn_recall_u of the retrained model and, with several seeds, the
-    retrained model on T_U + N_U (retraining's spread).
+    retrained model on T_U + N_U (retraining's spread). Its sensitivity runs
+    (``decide.sensitivity``: unlearn jobs at a fixed fine-tuning rate) are counted as
+    unlearn jobs; the notebook reads only their metrics.
   - report (09) and all: none (they read JSON).
 * A study's parameters are its notebook's defaults (the parameters cell) with the rule's
   ``params`` laid over them, as papermill runs it.
@@ -307,6 +314,14 @@ def _cost_unlearn(job: PlannedJob) -> Fraction:
     return pruning + training_run(cfg, s, finetune_cap(cfg), s.retained) + stop_round(s)
 
 
+def _cost_finetune_rate(job: PlannedJob) -> Fraction:
+    exp = dict(job.params["experiment"])
+    candidates = set(exp.get("finetune_lr_candidates") or [])
+    cfg = _config(exp)
+    s = data_sizes(cfg)  # the unpruned raw model, fine-tuned at each rate without a target
+    return len(candidates) * training_run(cfg, s, finetune_cap(cfg), s.retained)
+
+
 def _cost_feature_maps(job: PlannedJob) -> Fraction:
     cfg = _config(job.params["experiment"])
     shown = job.notebook.get("show_classes") or []
@@ -432,6 +447,7 @@ def _no_cost(job: PlannedJob) -> Fraction:
 RULES: dict[str, tuple[str | None, Callable[[PlannedJob], Fraction]]] = {
     "pretrain": (None, _cost_pretrain),
     "retrain": (None, _cost_retrain),
+    "finetune_rate": (None, _cost_finetune_rate),
     "unlearn": (None, _cost_unlearn),
     "feature_maps": ("01_feature_maps", _cost_feature_maps),
     "mia": ("04_mia", _cost_mia),
@@ -533,7 +549,10 @@ def _planned(jobs, root: Path) -> list[PlannedJob]:
         if notebook is not None:
             planned.notebook = {**notebook_defaults(root / "notebooks" / f"{notebook}.ipynb"),
                                 **params.get("study", {}), **params.get("figure", {})}
-            planned.runs = [runs[f] for f in map(str, job.input) if f in runs]
+            # a study's runs: its input "runs" (the decide rule's sensitivity runs, which it
+            # reads the metrics of only, are left out), else all its inputs
+            inputs = job.input.runs if "runs" in job.input.keys() else job.input
+            planned.runs = [runs[f] for f in map(str, inputs) if f in runs]
             if name != "feature_maps" and not planned.runs:
                 raise PlanError(f"rule {name}: no input run folder found among its inputs")
         out.append(planned)

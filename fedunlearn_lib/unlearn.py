@@ -13,24 +13,12 @@ from .masking import ChannelMask
 from .procs import aggregate, local_proc
 from .pruning import DIRECTIONS, SCOPES, l1_scores, layer_scores, random_scores, select_channels
 from .tfidf import IDF_THRESHOLDS
+# the named arms (overrides of an UnlearnConfig), torch-free in arms.py for the workflow
+from .arms import ARMS  # noqa: F401  (re-exported)
 
 APPLY_MODES = ("mask", "remove")
 SCORE_FROM = ("all", "holders")
 SCORES = ("tfidf", "l1", "random", "none")  # what ranks the channels ("none": prune nothing)
-# Named arms of the deciding comparison and the ablations: overrides of an UnlearnConfig.
-# "class" is Eq. 7's IDF as printed, "channel" the authors' code's.
-ARMS: dict[str, dict[str, str]] = {
-    "none": {"scores": "none"},
-    "random": {"scores": "random", "direction": "highest"},
-    "l1": {"scores": "l1", "direction": "lowest", "scope": "layer"},  # Li et al. (2017)
-    "l1-global": {"scores": "l1", "direction": "lowest", "scope": "global"},
-    "tfidf-highest": {"scores": "tfidf", "direction": "highest", "idf_threshold": "class"},
-    "tfidf-lowest": {"scores": "tfidf", "direction": "lowest", "idf_threshold": "class"},
-    "tfidf-highest-channel": {"scores": "tfidf", "direction": "highest",
-                              "idf_threshold": "channel"},
-    "tfidf-lowest-channel": {"scores": "tfidf", "direction": "lowest",
-                             "idf_threshold": "channel"},
-}
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The Snakemake workflow: the paper profile plans, the smoke profile runs end to end, a
-profile edit reruns only what depends on it, and a cluster executor gets each rule's
-declared resources."""
+profile edit reruns only what depends on it, a cluster executor gets each rule's declared
+resources and the Slurm profile gives every rule its partition, parsing imports no torch,
+and the fine-tuning rate and sensitivity runs are wired in when a profile asks for them."""
 import re
 import shutil
 import subprocess
@@ -16,12 +17,15 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 STUDIES = ("mia", "kl_distribution", "bias_fisher", "multiclass", "ablations", "robustness",
            "decide")
 # the kind of each rule, which picks its threads and resources in config/<profile>.yaml
-KIND = {"pretrain": "pretrain", "retrain": "pretrain", "unlearn": "unlearn", "report": "report",
-        "feature_maps": "study", **{s: "study" for s in STUDIES}}
+KIND = {"pretrain": "pretrain", "retrain": "pretrain", "unlearn": "unlearn",
+        "finetune_rate": "unlearn", "report": "report", "feature_maps": "study",
+        **{s: "study" for s in STUDIES}}
+WORKFLOW = ("Snakefile", "rules", "schemas", "config", "notebooks", "profiles")
 
 
 def _copy_workflow(dst: Path) -> Path:
-    for item in ("Snakefile", "config", "notebooks", "profiles"):
+    """A fresh copy of the workflow (no data, no results) in ``dst``."""
+    for item in WORKFLOW:
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
     return dst
@@ -87,12 +91,121 @@ def test_paper_profile_plans_every_experiment(paper_plan):
 def test_paper_profile_rules_declare_the_profile_resources(paper_plan):
     declared = yaml.safe_load((ROOT / "config/paper.yaml").read_text())["resources"]
     jobs = [j for j in _jobs(paper_plan) if j["rule"] != "all"]
-    assert {j["rule"] for j in jobs} == set(KIND)
+    assert {j["rule"] for j in jobs} == set(KIND) - {"finetune_rate"}  # no rate candidates
     for job in jobs:
         want = declared[KIND[job["rule"]]]
         assert job["threads"] == want["threads"], job
         got = {k: int(job["resources"][k]) for k in ("gpu", "mem_mb", "runtime")}
         assert got == {k: want[k] for k in ("gpu", "mem_mb", "runtime")}, job
+
+
+def test_slurm_profile_gives_every_rule_its_partition(paper_plan, tmp_path):
+    """Every job of the paper grid is submitted with resources of its own rule in
+    profiles/slurm (set-resources): on the GPU partition exactly when it asks for a GPU.
+    And every rule the workflow defines (finetune_rate too) has an entry, but ``all``,
+    which is local and submits nothing."""
+    slurm = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    rules = slurm["set-resources"]
+    jobs = [j for j in _jobs(paper_plan) if j["rule"] != "all"]
+    assert len(jobs) == 107
+    for job in jobs:
+        assert job["rule"] in rules, job["rule"]
+        want = "gpu" if int(job["resources"]["gpu"]) > 0 else "cpu"
+        assert rules[job["rule"]].get("slurm_partition") == want, job
+    listed = _snakemake(_copy_workflow(tmp_path), "--list-rules", "--config",
+                        "profile=paper").stdout.split()
+    assert set(listed) - {"all"} <= set(rules), set(listed) - set(rules)
+    assert "finetune_rate" in listed
+
+
+def _imported_modules(stderr: str) -> set[str]:
+    """Top-level packages in ``python -X importtime`` output."""
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0]
+            for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_parsing_the_workflow_imports_no_torch(tmp_path):
+    """Dry runs (the CLI) and the plan (Snakemake's API) parse the Snakefile and build the
+    DAG without importing torch: cluster submissions and dry runs stay light."""
+    wd = _copy_workflow(tmp_path)
+    for profile in ("quick", "paper"):
+        run = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "-n",
+                              "--cores", "1", "--config", f"profile={profile}"], cwd=wd,
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        modules = _imported_modules(run.stderr)
+        assert "fedunlearn_lib" in modules and "snakemake" in modules  # it did parse
+        assert not modules & {"torch", "torchvision"}, profile
+    api = ("import sys\n"
+           "from fedunlearn_lib.plan import workflow_jobs\n"
+           "jobs = workflow_jobs('config/paper.yaml')\n"
+           "assert len(jobs) == 108, len(jobs)\n"
+           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    run = subprocess.run([sys.executable, "-c", api], cwd=wd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "[]"
+
+
+def test_rate_choice_and_sensitivity_runs_are_wired_in():
+    """With finetune_lr_candidates (and no finetune_lr) every pretraining and forget set
+    gets one finetune_rate job (the none arm's settings, unlearning seed 0), whose file
+    every unlearn job of that forget set reads; decide.sensitivity adds unlearn jobs at
+    that fixed rate (no choice) that the decide job reads, and its table."""
+    from fedunlearn_lib.plan import workflow_jobs
+
+    over = {"experiment": {"finetune_lr_candidates": [0.1, 0.01]},
+            "decide": {"sensitivity": {"lr": 0.02}}}
+    jobs = workflow_jobs(ROOT / "config/smoke.yaml", over, snakefile=ROOT / "Snakefile")
+    by_rule = {}
+    for job in jobs:
+        by_rule.setdefault(job.rule, []).append(job)
+    rates = by_rule["finetune_rate"]
+    assert len(rates) == len(by_rule["retrain"]) == 3  # one per pretraining and forget set
+    for job in rates:
+        exp = job.params["experiment"]
+        assert exp["unlearning"]["scores"] == "none" and exp["unlearning"]["seed"] == 0
+        assert exp["finetune_lr_candidates"] == [0.1, 0.01] and exp.get("finetune_lr") is None
+    unlearn = by_rule["unlearn"]
+    fixed = [j for j in unlearn if j.params["experiment"].get("finetune_lr") == 0.02]
+    # the sensitivity runs: arms none and tfidf-highest, the first seed, unlearning seed 0
+    assert sorted(j.wildcards["arm"] for j in fixed) == ["none", "tfidf-highest"]
+    assert all("finetune_lr_candidates" not in j.params["experiment"] for j in fixed)
+    assert len(unlearn) == 4 + 2
+    dag = _dag_inputs(over)
+    for job in unlearn:
+        rate = [f for f in dag[job.wildcards["uhash"]] if f.endswith("finetune_rate.json")]
+        assert len(rate) == (0 if job in fixed else 1), job.wildcards
+    decide = by_rule["decide"][0]
+    assert len(decide.runs) == 2  # the decide runs; the sensitivity runs are not its runs
+    assert any(f.endswith("table_decide_sensitivity.csv") for f in dag["decide"])
+
+
+def _dag_inputs(config: dict) -> dict[str, list[str]]:
+    """Inputs of the smoke DAG's jobs under ``config``: unlearn jobs by their u-hash, the
+    decide job's inputs and outputs under "decide"."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.enums import Quietness
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings,
+                                          ResourceSettings)
+
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1),
+                          config_settings=ConfigSettings(
+                              config={**config, "profile": "smoke"},
+                              configfiles=[ROOT / "config/smoke.yaml"]),
+                          snakefile=ROOT / "Snakefile", workdir=ROOT)
+        wf.dag(DAGSettings(forceall=True))
+        workflow = wf._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True,
+                              nolock=True)
+        workflow._build_dag()
+        out = {}
+        for job in workflow.dag.needrun_jobs(exclude_finished=False):
+            if job.rule.name == "unlearn":
+                out[dict(job.wildcards.items())["uhash"]] = list(map(str, job.input))
+            elif job.rule.name == "decide":
+                out["decide"] = list(map(str, job.input)) + list(map(str, job.output))
+        return out
 
 
 def _readme_job_table() -> dict[str, int]:
@@ -150,8 +263,8 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     figures = ("fig2_feature_maps", "fig2_activations", "fig3_accuracy_curves",
                "fig4_multiclass_curves", "fig5_class_accuracy", "fig_decide", "fig_ablations",
                "fig_robustness", "fig_training_curves")
-    tables = ("table1", "table2", "table2_runs", "table_training", "table3", "table4", "table5", "table_decide",
-              "table_ablations", "table_ablation_ratio", "table_ablation_apply",
+    tables = ("table1", "table2", "table2_runs", "table_training", "table3", "table4", "table5",
+              "table_decide", "table_decide_sensitivity", "table_ablations", "table_ablation_ratio", "table_ablation_apply",
               "table_ablation_stability", "table_idf_readings", "table_robustness",
               "table_jobs")
     for name in [f"{f}.{e}" for f in figures for e in ("png", "pdf")] + \
