@@ -45,8 +45,8 @@ from .models import conv_bn_pairs
 if TYPE_CHECKING:
     from .federated import ClientData, Federation
 
-MAX_IMAGES = {"cuda": 4096, "cpu": 1024}  # images per FedSGD pass (activation memory:
-# ResNet-56 holds ~10 MB per image in a training pass, so 4096 images ~40 GB on a GPU)
+MAX_IMAGES = {"cuda": 4096, "cpu": 1024}  # images per FedSGD pass (activation memory, an
+# estimate: ResNet-56 holds ~10 MB per image in a training pass, 4096 images ~40 GB)
 
 
 def max_images(device: torch.device | str) -> int:

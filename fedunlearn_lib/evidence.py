@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from .data import BatchTransform, ImageData
-from .federated import FedConfig, Federation, autocast
+from .federated import FedConfig, Federation, autocast, identity_fields
 from .io import atomic_write_json, state_digest
 from .masking import ChannelMask
 from .probe import probe_accuracy
@@ -48,7 +47,7 @@ def information_left(name: str, model: nn.Module, data: ImageData, cfg: FedConfi
     (recomputed unless the weights, data, target, budget and federation all match)."""
     path = Path(cache_dir) / f"evidence_{name}.json"
     key = {"weights": state_digest(model), "data": data.fingerprint, "target_u": target_u,
-           "budget": max_rounds, "forget": list(forget), "federation": asdict(cfg)}
+           "budget": max_rounds, "forget": list(forget), "federation": identity_fields(cfg)}
     if path.exists():
         try:
             cached = json.loads(path.read_text())

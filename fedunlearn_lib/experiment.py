@@ -17,7 +17,8 @@ import yaml
 from .classwise import prediction_histogram
 from .data import DATASETS, ImageData, load_dataset
 from .evidence import BN_IMAGES, bn_recall, training_images
-from .federated import FedConfig, Federation, Remote, TrainResult, load_state, rounds_for
+from .federated import (FedConfig, Federation, Remote, TrainResult, identity_fields, load_state,
+                        rounds_for)
 from .io import (atomic_torch_save, atomic_write_json, check_identity, check_weights, load_blob,
                  state_digest)
 from .masking import ChannelMask
@@ -359,7 +360,7 @@ def prune(cfg: ExperimentConfig, pretrained: Federation, out: Path) -> dict:
     reused only when the unlearning settings, the pretrained weights and the data match."""
     path = out / "pruned.pt"
     key = {**identity(cfg), "forget": list(cfg.forget), "unlearning": asdict(cfg.unlearning),
-           "federation": asdict(cfg.federation), "data": pretrained.data.fingerprint,
+           "federation": identity_fields(cfg.federation), "data": pretrained.data.fingerprint,
            "pretrained_weights": state_digest(pretrained.model)}
     if path.exists():
         blob = load_blob(path, cfg.device)

@@ -175,7 +175,7 @@ def test_device_check_runs_tiny_on_the_cpu():
     """benchmarks/device_check.py --device cpu --tiny: every line is `kind key=value ...`
     and every measurement the GPU run prints is there."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"),
-                          "--device", "cpu", "--tiny", "--threads", "2"],
+                          "--device", "cpu", "--tiny", "--threads", "1"],
                          capture_output=True, text=True, check=True, timeout=600).stdout
     lines = out.strip().splitlines()
     for line in lines:
