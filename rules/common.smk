@@ -178,13 +178,15 @@ def unlearn_params(wc):
 
 def finetune_rate_params(wc):
     """The settings the rate is chosen with: the forget set's ``none`` arm (no channel
-    pruned), unlearning seed 0; every arm and unlearning seed of the forget set uses it."""
+    pruned), unlearning seed 0; every arm and unlearning seed of the forget set uses it.
+    Of the unlearning settings only the seed (fine-tuning's draws) is read, so another
+    ratio or arm reuses the choice."""
     pretrain_params(wc)
     exp = experiment(wc.setting, wc.dataset, wc.model, wc.q, wc.seed, wc.forget, "none", 0)
     if not uses_rate(exp):
         raise ValueError(f"profile '{PROFILE}' gives these runs a finetune_lr or no "
                          f"finetune_lr_candidates: there is no rate to choose")
-    return exp
+    return {**exp, "unlearning": {"seed": 0}}
 
 
 def papermill(notebook, output, params, threads):

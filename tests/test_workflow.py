@@ -163,7 +163,7 @@ def test_rate_choice_and_sensitivity_runs_are_wired_in():
     assert len(rates) == len(by_rule["retrain"]) == 3  # one per pretraining and forget set
     for job in rates:
         exp = job.params["experiment"]
-        assert exp["unlearning"]["scores"] == "none" and exp["unlearning"]["seed"] == 0
+        assert exp["unlearning"] == {"seed": 0}  # the only unlearning setting it reads
         assert exp["finetune_lr_candidates"] == [0.1, 0.01] and exp.get("finetune_lr") is None
     unlearn = by_rule["unlearn"]
     fixed = [j for j in unlearn if j.params["experiment"].get("finetune_lr") == 0.02]
@@ -275,7 +275,9 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     assert len(list(notebooks.glob("02_retrain_main_digits_resnet20_q0.1_seed0_p*_forget9"
                                    ".ipynb"))) == 1
     assert len(list(notebooks.glob("03_unlearn_main_digits_resnet20_q0.1_seed0_p*_forget9_"
-                                   "*-s*-u*.ipynb"))) == 2  # tfidf-highest and none
+                                   "*-s*-u*.ipynb"))) == 4  # tfidf-highest and none, at
+    # the chosen rate and at decide.sensitivity's
+    assert len(list(notebooks.glob("12_finetune_rate_*.ipynb"))) == 3  # per retraining
     for nb in ("04_mia", "05_kl_distribution", "06_bias_fisher", "07_multiclass", "08_ablations",
                "10_robustness", "11_decide"):
         assert (notebooks / f"{nb}.ipynb").exists(), nb
@@ -284,7 +286,8 @@ def test_smoke_profile_builds_figures_and_then_has_nothing_to_do(tmp_path):
     assert list(decide["n"]) == [1, 1, 1]
     jobs = pd.read_csv(fig / "table_jobs.csv")  # every job but the report (and "all")
     plan = jobs.iloc[:-1]["rule"].value_counts().to_dict()
-    assert jobs["seconds"].iloc[-1] > 0 and plan["unlearn"] == 4 and plan["retrain"] == 3
+    assert jobs["seconds"].iloc[-1] > 0 and plan["unlearn"] == 6 and plan["retrain"] == 3
+    assert plan["finetune_rate"] == 3
     assert "No reference tables" in (fig / "comparison.md").read_text()  # none for smoke
     again = _snakemake(wd, "-n", "--cores", "2", "--config", "profile=smoke")
     assert "Nothing to be done" in again.stdout + again.stderr
