@@ -282,6 +282,7 @@ def select_finetune_lr(cfg: ExperimentConfig, data: ImageData, pretrained: Feder
     if not cfg.finetune_lr_candidates:
         raise ValueError("select_finetune_lr needs finetune_lr_candidates, got none")
     key = pretrained.decision_key
+    u_key = key.replace("r_acc", "u_acc")
     tried = []
     with tempfile.TemporaryDirectory() as tmp:
         for lr in sorted(set(cfg.finetune_lr_candidates), reverse=True):
@@ -290,8 +291,7 @@ def select_finetune_lr(cfg: ExperimentConfig, data: ImageData, pretrained: Feder
                              None, progress=progress, desc=f"fine-tune at lr {lr}",
                              remote=remote)
             last = ft.history[-1]
-            tried.append({"lr": lr, "rounds": ft.round, key: last[key],
-                          key.replace("r_acc", "u_acc"): last[key.replace("r_acc", "u_acc")]})
+            tried.append({"lr": lr, "rounds": ft.round, key: last[key], u_key: last[u_key]})
     best = max(t[key] for t in tried)
     chosen = max(t["lr"] for t in tried if t[key] >= best - cfg.finetune_lr_tolerance)
     return {"finetune_lr": chosen, "candidates": tried, "decided_on": key,
