@@ -32,12 +32,9 @@
 # profile's secondary: scale, when it has one) and "bias" (Table 1's own overrides).
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate

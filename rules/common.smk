@@ -190,12 +190,14 @@ def finetune_rate_params(wc):
 
 
 def papermill(notebook, output, params, threads):
-    """Execute notebooks/<notebook>.ipynb into ``output`` with papermill (-y parameters,
-    as YAML: papermill reads them as YAML, where JSON's 1e-06 would become a string)."""
-    params = {**params, "threads": threads}
-    subprocess.run([sys.executable, "-m", "papermill", "--no-progress-bar", "--cwd", ".",
-                    "-y", yaml.safe_dump(params), f"notebooks/{notebook}.ipynb", output],
-                   check=True)
+    """Execute notebooks/<notebook>.ipynb into ``output`` with papermill's Python API, from
+    the repository root: in the process that runs the job (papermill is imported once per
+    run, not per job), each notebook in a kernel of its own."""
+    import papermill as pm  # not at parse time: dry runs and submissions stay light
+
+    pm.execute_notebook(f"notebooks/{notebook}.ipynb", output,
+                        parameters={**params, "threads": threads}, cwd=".",
+                        progress_bar=False)
 
 
 def resources_of(kind):
