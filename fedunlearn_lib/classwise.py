@@ -1,4 +1,5 @@
-"""Class-wise test accuracy and how far two class-wise accuracy distributions lie apart."""
+"""A model's logits, its class-wise test accuracy, and how far two class-wise accuracy
+distributions lie apart."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +9,14 @@ import torch
 from torch import nn
 
 from .data import BatchTransform, ImageData
-from .mia import model_logits
+
+
+def model_logits(model: nn.Module, x: torch.Tensor, transform: BatchTransform,
+                 batch_size: int = 500) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on uint8 images ``x``."""
+    model.eval()
+    return torch.cat([model(transform(x[s:s + batch_size])).float().cpu()
+                      for s in range(0, len(x), batch_size)])
 
 
 def per_class_accuracy(model: nn.Module, data: ImageData,

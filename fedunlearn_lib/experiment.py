@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from .classwise import prediction_histogram
+from .classwise import model_logits, prediction_histogram
 from .data import DATASETS, ImageData, load_dataset
 from .evidence import BN_IMAGES, bn_recall, training_images
 from .federated import (FedConfig, Federation, Remote, TrainResult, identity_fields, load_state,
@@ -22,7 +22,6 @@ from .federated import (FedConfig, Federation, Remote, TrainResult, identity_fie
 from .io import (atomic_torch_save, atomic_write_json, check_identity, check_weights, load_blob,
                  state_digest)
 from .masking import ChannelMask
-from .mia import model_logits
 from .models import MODELS, build_model, prefers_channels_last
 from .pruning import conv_flops, count_conv_channels, remove_channels
 from .partition import fang_partition

@@ -33,7 +33,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from .data import BatchTransform
+from .classwise import model_logits
 
 
 class Attack(NamedTuple):
@@ -92,14 +92,6 @@ def get_attack(kind: str) -> Attack:
 
 
 @torch.inference_mode()
-def model_logits(model: nn.Module, x: torch.Tensor, transform: BatchTransform,
-                 batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` (eval mode) on uint8 images ``x``."""
-    model.eval()
-    return torch.cat([model(transform(x[s:s + batch_size])).float().cpu()
-                      for s in range(0, len(x), batch_size)])
-
-
 def attack_features(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> np.ndarray:
     """Per-sample input of attack ``kind`` (see ``ATTACKS``), one row per sample."""
     return get_attack(kind).features(logits, labels).numpy().astype(np.float64)

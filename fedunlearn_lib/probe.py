@@ -5,9 +5,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from .data import BatchTransform, ImageData
@@ -32,6 +29,11 @@ def probe_accuracy(model: nn.Module, data: ImageData, forget: Sequence[int],
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(idx), generator=g)[:max_train].sort().values
     idx = idx.to(data.train_y.device)
+    # scikit-learn (~2 s to import) only where a probe is fit: every training process
+    # (Flower's ClientApps, the workflow's jobs) imports this module
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     clf.fit(penultimate_features(model, data.train_x[idx], transform),
             data.train_y[idx].cpu().numpy())

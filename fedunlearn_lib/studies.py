@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .classwise import accuracy_kl, per_class_accuracy, prediction_histogram, softmax_kl
+from .classwise import (accuracy_kl, model_logits, per_class_accuracy, prediction_histogram,
+                        softmax_kl)
 from .data import BatchTransform
 from .evidence import BN_IMAGES, bn_recall, information_left, training_images
 from .experiment import ExperimentConfig, Run, finetune, run_experiment, speedup
 from .federated import Federation, rounds_for
 from . import fisher as fl
 from .masking import ChannelMask, jaccard
-from .mia import ATTACKS, membership_attack, model_logits
+from .mia import ATTACKS, membership_attack
 from .procs import aggregate, local_proc
 from .pruning import conv_flops, layer_scores, remove_channels, select_channels
 from .tfidf import IDF_THRESHOLDS

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_sim_prints_the_summary_line():
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_sim.py"), "--samples", "200",
-         "--clients", "10", "--per-round", "2", "--paper-clients", "20",
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sim.py"), "--samples", "100",
+         "--clients", "10", "--per-round", "2", "--paper-clients", "10",
          "--paper-per-round", "5", "--local-epochs", "1", "--threads", "2",
          "--fedsgd-images", "10", "--fedsgd-batch", "4"],
         capture_output=True, text=True, check=True).stdout

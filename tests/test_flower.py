@@ -22,6 +22,7 @@ from fedunlearn_lib.data import load_client_folder  # noqa: E402
 from fedunlearn_lib.experiment import (finetune, prepare_data, pretrain,  # noqa: E402
                                        run_experiment)
 from fedunlearn_lib.flower import client_app, server_app  # noqa: E402
+from fedunlearn_lib.flower.launch import REPO, stage_app  # noqa: E402
 from fedunlearn_lib.flower.records import experiment_config  # noqa: E402
 from fedunlearn_lib.io import load_blob  # noqa: E402
 
@@ -181,3 +182,15 @@ def test_pyproject_run_config_lists_every_key_with_the_library_defaults():
     conf = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     cfg, app = experiment_config(conf["tool"]["flwr"]["app"]["config"])
     assert cfg == ExperimentConfig() and app == APP_DEFAULTS
+
+
+def test_the_staged_app_is_the_bundle_and_nothing_else(tmp_path):
+    """What ``flwr_run`` submits: pyproject.toml and the package's sources, no caches."""
+    (tmp_path / "app" / "stale").mkdir(parents=True)  # staging replaces an older copy
+    dest = stage_app(tmp_path / "app")
+    assert sorted(p.name for p in dest.iterdir()) == ["fedunlearn_lib", "pyproject.toml"]
+    ours = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.py"))
+    theirs = sorted(p.relative_to(REPO).as_posix()
+                    for p in (REPO / "fedunlearn_lib").rglob("*.py"))
+    assert ours == theirs and not list(dest.rglob("__pycache__"))
+    assert (dest / "pyproject.toml").read_bytes() == (REPO / "pyproject.toml").read_bytes()
