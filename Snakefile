@@ -32,9 +32,14 @@
 # profile's secondary: scale, when it has one) and "bias" (Table 1's own overrides).
 import hashlib
 import json
+import sys
 from pathlib import Path
 
-import jsonschema
+# jsonschema checks the "iri" formats with rfc3987-syntax where it is installed (JupyterLab
+# brings it), which compiles a grammar on import: 1.8 s of every Snakemake process, each
+# job's included. The profile schema uses no such format; leave it unloaded.
+sys.modules.setdefault("rfc3987_syntax", None)
+import jsonschema  # noqa: E402
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate

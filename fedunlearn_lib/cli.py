@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: retraining did not reach the target within {metrics['rounds_retrain_cap']} "
               f"rounds (retrain_rounds), so there is no speedup; see speedup_definition in "
               f"metrics.json")
+    elif metrics["rounds_retrain"] == 0:
+        print("note: the untrained model already meets the target (the raw model learned too "
+              "little), so there is no speedup")
     if metrics["decisions_share_test_split"]:
         print("note: no validation split (--val-fraction 0): the target and the stop rules "
               "were decided on the test split the numbers above report")

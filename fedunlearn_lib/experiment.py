@@ -321,9 +321,11 @@ def finetune_rate(cfg: ExperimentConfig, data: ImageData, pretrained: Federation
 
 
 def speedup(rounds_baseline: int | None, rounds_ours: int | None) -> float | None:
-    """Retraining rounds over fine-tuning rounds: ``None`` when either never reached the
-    target, ``inf`` when fine-tuning needed no round (the pruned model already met it)."""
-    if rounds_baseline is None or rounds_ours is None:
+    """Retraining rounds over fine-tuning rounds: ``inf`` when fine-tuning needed no round
+    (the pruned model already met the target); ``None`` when either never reached it, or
+    when retraining needed no round (an untrained model meets the target: the raw model
+    learned too little for a speedup to mean anything)."""
+    if rounds_baseline is None or rounds_ours is None or rounds_baseline == 0:
         return None
     return math.inf if rounds_ours == 0 else rounds_baseline / rounds_ours
 
@@ -335,7 +337,8 @@ def speedup_definition(cfg: ExperimentConfig) -> str:
     text = (f"rounds_retrain / rounds_finetune: the first round in which retraining from "
             f"scratch and fine-tuning each reach target_r_acc (R-set, {split} split), a "
             f"target fixed from the raw model before either runs; _strict: U-set <= strict_u "
-            f"in that round too; inf: the pruned model met it before any round. "
+            f"in that round too; inf: the pruned model met it before any round; null: "
+            f"never met, or met by the untrained model (rounds_retrain 0). "
             f"recipe_ratio: rounds (the pretraining recipe's length) / "
             f"rounds_finetune_strict, the cost of rerunning the recipe")
     if cfg.federation.lr_schedule != "constant":

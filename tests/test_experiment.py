@@ -179,6 +179,7 @@ def test_a_target_met_before_any_round_counts_zero_rounds():
     assert rounds_for(hist, 0.8) == 0
     assert speedup(12, 0) == float("inf") and speedup(12, 4) == 3.0
     assert speedup(None, 3) is None and speedup(12, None) is None
+    assert speedup(0, 0) is None and speedup(0, 3) is None  # the untrained model met it
 
 
 RATE_RUN = {"dataset": "digits", "model": "resnet20", "forget": [9], "rounds": 2,

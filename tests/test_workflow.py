@@ -238,11 +238,17 @@ def test_cluster_executor_gets_the_declared_resources(tmp_path):
     the submit command receives the threads and resources the profile declares."""
     pytest.importorskip("snakemake_executor_plugin_cluster_generic")
     wd = _copy_workflow(tmp_path)
-    plan = _snakemake(wd, "-n", "--cores", "1", "--config", "profile=smoke").stdout
+    # the smoke profile with a shorter pretraining (its resources unchanged): the job only
+    # has to run through the executor
+    smoke = yaml.safe_load((wd / "config/smoke.yaml").read_text())
+    smoke["experiment"].update(rounds=1, train_per_class=10, test_per_class=5)
+    (wd / "short.yaml").write_text(yaml.safe_dump(smoke))
+    args = ("--config", "profile=smoke", "--configfile", "short.yaml")
+    plan = _snakemake(wd, "-n", "--cores", "1", *args).stdout
     target = next(j["output"][0] for j in _jobs(plan)  # output[0]: the checkpoint
                   if j["rule"] == "pretrain" and "/main/digits/resnet20/" in j["output"][0])
-    run = _snakemake(wd, "--profile", "profiles/cluster-local", "--config", "profile=smoke",
-                     "--", target, check=False)
+    run = _snakemake(wd, "--profile", "profiles/cluster-local", *args, "--", target,
+                     check=False)
     log = wd / ".snakemake/cluster-local"
     jobs_log = log / "submitted.jobs.log"
     assert run.returncode == 0, run.stderr[-3000:] + (
