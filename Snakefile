@@ -39,7 +39,7 @@ from pathlib import Path
 # brings it), which compiles a grammar on import: 1.8 s of every Snakemake process, each
 # job's included. The profile schema uses no such format; leave it unloaded.
 sys.modules.setdefault("rfc3987_syntax", None)
-import jsonschema  # noqa: E402
+import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
