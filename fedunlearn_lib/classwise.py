@@ -11,9 +11,10 @@ from torch import nn
 from .data import BatchTransform, ImageData
 
 
+@torch.no_grad()
 def model_logits(model: nn.Module, x: torch.Tensor, transform: BatchTransform,
                  batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` (eval mode) on uint8 images ``x``."""
+    """Logits of ``model`` (eval mode, no autograd graph) on uint8 images ``x``."""
     model.eval()
     return torch.cat([model(transform(x[s:s + batch_size])).float().cpu()
                       for s in range(0, len(x), batch_size)])

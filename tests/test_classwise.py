@@ -65,3 +65,14 @@ def test_prediction_histogram_counts_where_images_go():
     from fedunlearn_lib.classwise import prediction_histogram
     logits = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0, 0, 1.0]])
     assert prediction_histogram(logits, 4).tolist() == [0.25, 0.5, 0.25, 0.0]
+
+
+def test_model_logits_builds_no_autograd_graph(small_digits):
+    """Evaluation keeps no graph (it would hold every activation of a 500-image batch)."""
+    from fedunlearn_lib.classwise import model_logits
+    from fedunlearn_lib.data import BatchTransform
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    x = small_digits.test_x[:7]
+    logits = model_logits(model, x, BatchTransform(small_digits.mean, small_digits.std,
+                                                   x.device), batch_size=3)
+    assert logits.shape == (7, 10) and not logits.requires_grad and logits.grad_fn is None
