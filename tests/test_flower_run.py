@@ -78,7 +78,7 @@ def test_deployment_with_two_supernodes_on_their_own_folders(tmp_path):
         killer = threading.Thread(target=kill_at_first_train, daemon=True)
         killer.start()
         run = flwr_run("deploy", {**TINY, "num-clients": 3, "clients-per-round": 3,
-                                  "round-timeout": 20.0, "out": str(tmp_path / "out")},
+                                  "round-timeout": 10.0, "out": str(tmp_path / "out")},
                        env, timeout=300, log=tmp_path / "run.log")
         killer.join(timeout=5)
     assert all(p.poll() is not None for p in dep.processes)
